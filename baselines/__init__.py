@@ -1,0 +1,1 @@
+"""Comparison methods, one module each, registered under the names the paper's tables use."""

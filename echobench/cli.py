@@ -1,0 +1,200 @@
+"""The `echobench` command line. Heavy libraries are imported inside the commands that need them,
+so `echobench --help` and `echobench ls` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import EchobenchError
+
+EXAMPLES = {
+    "run": """examples:
+  echobench run                                   # the demo suite on the embedded `shapes` world (CPU, minutes)
+  echobench run --suite smoke --out /tmp/smoke    # a few seconds of the real pipeline
+  echobench run --suite my_suite.yaml --seeds 1 2 3 --device cuda
+  echobench run --suite demo --dry-run            # list the cells without running them""",
+    "ls": """examples:
+  echobench ls methods
+  echobench ls suites""",
+    "report": """examples:
+  echobench report runs/demo                      # writes report.{md,tex,csv,json} there, prints Markdown
+  echobench report runs/demo --metric oracle --json""",
+    "noise": """examples:
+  echobench noise shapes --kind instance --rate 0.3 --seed 1
+  echobench noise cifar10 --kind pairflip --rate 0.45 --seed 2 --json
+  echobench noise cifar10n --kind worst --labels-file CIFAR-10_human.pt""",
+    "doctor": """examples:
+  echobench doctor
+  echobench doctor --json""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="echobench",
+        description="A benchmark harness for learning with noisy labels, built around EchoAlign.",
+        epilog="Run `echobench COMMAND --help` for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('echobench').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    run = add("run", "Run a suite of cells (dataset × noise × method × seed × protocol), resuming finished ones.")
+    run.add_argument("--suite", default="demo", help="a registered suite name or a YAML file (default: demo)")
+    run.add_argument("--out", help="results directory (default: runs/SUITE)")
+    run.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds")
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument("--data-root", help="dataset cache directory (default: $ECHOBENCH_DATA or ~/.cache/echobench)")
+    run.add_argument("--force", action="store_true", help="recompute cells that already have a result")
+    run.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"], help="accuracy to tabulate")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    run.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = add("ls", "List registered datasets, noises, methods, suites, protocols or models.")
+    ls.add_argument("what", choices=["datasets", "noises", "methods", "suites", "protocols", "models"])
+    ls.add_argument("--json", action="store_true")
+
+    report = add("report", "Tabulate a results directory: methods × noise settings, mean ± std over seeds.")
+    report.add_argument("dir", help="a results directory written by `echobench run`")
+    report.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"])
+    report.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
+
+    noise = add("noise", "Generate noisy labels for a dataset and report the realized rate and confusion.")
+    noise.add_argument("dataset")
+    noise.add_argument("--kind", required=True, help="symmetric, pairflip, instance, human; for cifar10n/cifar100n also a label set (aggre, random1, worst, noisy)")
+    noise.add_argument("--rate", type=float, default=0.0, help="nominal noise rate in [0, 1)")
+    noise.add_argument("--seed", type=int, default=1)
+    noise.add_argument("--labels-file", help="a local CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
+    noise.add_argument("--data-root")
+    noise.add_argument("--json", action="store_true")
+
+    doctor = add("doctor", "Show installed extras, devices and cache locations.")
+    doctor.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `echobench`: the main job
+        args = parser.parse_args(["run"])
+    try:
+        return COMMANDS[args.command](args)
+    except EchobenchError as exc:
+        print(f"echobench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("echobench: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args) -> int:
+    from .environment import resolve_device
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    cells = suite.expand(args.seeds)
+    out = Path(args.out or Path("runs") / suite.name)
+    if args.dry_run:
+        rows = [{"run_id": c.run_id, "dataset": c.dataset, "noise": c.noise, "method": c.method, "seed": c.seed,
+                 "protocol": c.protocol["name"]} for c in cells]
+        if args.json:
+            print(json.dumps({"suite": suite.name, "cells": rows}, indent=2))
+        else:
+            from tabulate import tabulate
+
+            print(tabulate(rows, headers="keys"))
+            print(f"\n{len(cells)} cells; results would go to {out}")
+        return 0
+    from .report import write_reports
+    from .runner import run_suite
+
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    outcome = run_suite(suite, out, device=device, seeds=args.seeds, force=args.force,
+                        data_root=args.data_root, progress=not args.no_progress)
+    wall = time.perf_counter() - started
+    failed = len(outcome.failed)
+    doc = write_reports(out, args.metric) if len(outcome.failed) < len(cells) else None
+    summary = {"suite": suite.name, "out": str(out), "device": device, "cells": len(cells),
+               "computed": len(outcome.computed), "skipped": len(outcome.skipped), "busy": len(outcome.busy),
+               "failed": outcome.failed, "wall_s": round(wall, 1)}
+    if args.json:
+        print(json.dumps({**summary, "report": {k: v for k, v in (doc or {}).items() if k != "markdown"}}, indent=2))
+    else:
+        if doc:
+            print(doc["markdown"])
+        print(f"{len(cells)} cells: {len(outcome.computed)} computed, {len(outcome.skipped)} already done, "
+              f"{len(outcome.busy)} busy in another runner, {failed} failed; {wall:.0f} s on {device}. "
+              f"Results and report.{{md,tex,csv,json}} in {out}/")
+        for rid, msg in outcome.failed.items():
+            print(f"  failed {rid}: {msg} (traceback in {out}/cells/{rid}/error.json)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_ls(args) -> int:
+    from .datasets import DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+    from .noise import NOISES
+    from .protocols import PROTOCOLS
+    from .suite import SUITES, load_suite
+
+    registry = {"datasets": DATASETS, "noises": NOISES, "methods": METHODS, "suites": SUITES,
+                "protocols": PROTOCOLS, "models": MODELS}[args.what]
+    names = registry.names()
+    details = {n: load_suite(n).description for n in names} if args.what == "suites" else {}
+    if args.json:
+        print(json.dumps([{"name": n, **({"description": details[n]} if n in details else {})} for n in names], indent=2))
+    else:
+        for n in names:
+            print(f"{n:12s} {details.get(n, '')}".rstrip())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_reports
+
+    doc = write_reports(args.dir, args.metric)
+    if args.json:
+        print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2))
+    else:
+        print(doc["markdown"])
+        print(f"cells: {doc['cells']}; wrote report.md, report.tex, report.csv, report.json in {args.dir}/")
+    return 0
+
+
+def cmd_noise(args) -> int:
+    from .noise_report import noise_report
+
+    doc = noise_report(args.dataset, args.kind, args.rate, args.seed, labels_file=args.labels_file, data_root=args.data_root)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        from .noise_report import format_noise_report
+
+        print(format_noise_report(doc))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import doctor_report, format_doctor
+
+    doc = doctor_report()
+    print(json.dumps(doc, indent=2) if args.json else format_doctor(doc))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "noise": cmd_noise, "doctor": cmd_doctor}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

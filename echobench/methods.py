@@ -1,0 +1,96 @@
+"""The method interface and registry.
+
+A method receives a `Task` (train/validation images with noisy labels, the clean test set for
+evaluation, the protocol) and trains, recording one `EpochRecord` per epoch in `task.history`. Most
+methods are one network trained with a different loss: subclass `SingleNetworkMethod` and write
+`loss()`. Multi-stage or two-network methods override `fit()` and use the Task's building blocks.
+
+Each method has a `Params` dataclass of hyperparameters; `default_params(dataset)` gives the
+per-dataset defaults from its official source, and suite files may override fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import EchobenchError
+from .registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+METHODS.add("ce", "baselines.ce:CrossEntropy")
+
+
+def register_method(name: str):
+    """Class decorator: register a Method subclass under the name the paper's tables use."""
+
+    def deco(cls):
+        cls.name = name
+        METHODS.add(name, cls)
+        return cls
+
+    return deco
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class Method:
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def default_params(cls, dataset: str) -> Any:
+        """Hyperparameters for `dataset`; override where the official config differs per dataset."""
+        return cls.Params()
+
+    @classmethod
+    def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None) -> Any:
+        base = cls.default_params(dataset)
+        if not overrides:
+            return base
+        known = {f.name for f in dataclasses.fields(base)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise EchobenchError(f"method {cls.name!r} has no hyperparameter(s) {unknown}; known: {sorted(known) or 'none'}")
+        return dataclasses.replace(base, **overrides)
+
+    def fit(self, task) -> None:
+        raise NotImplementedError  # abstract: every registered method implements it
+
+
+class SingleNetworkMethod(Method):
+    """One network, the protocol's optimizer and schedule, a method-specific loss."""
+
+    def loss(self, logits, targets, indices, epoch: int, task):
+        raise NotImplementedError  # abstract: subclasses define their loss
+
+    def fit(self, task) -> None:
+        model = task.new_model()
+        optimizer = task.new_optimizer(model.parameters())
+        scheduler = task.new_scheduler(optimizer)
+        generator = task.generator("batches")
+        for epoch in range(1, task.protocol.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for x, y, idx in task.batches(task.train, generator):
+                with task.autocast():
+                    logits = model(x)
+                loss = self.loss(logits.float(), y, idx, epoch, task)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                # Accumulate on the device: a float() per batch would sync the GPU every step.
+                loss_sum = loss_sum + loss.detach() * len(y)
+                correct = correct + (logits.argmax(1) == y).sum()
+                seen += len(y)
+            task.record_epoch(epoch, model, optimizer, loss_sum, correct, seen, started)
+            scheduler.step()

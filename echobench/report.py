@@ -1,0 +1,182 @@
+"""Accuracy tables from a results directory, in the paper's layout.
+
+Rows are methods, columns noise settings, one table per dataset; each entry is the mean ± standard
+deviation over seeds of a test accuracy in percent. The std is the sample standard deviation
+(ddof = 1; 0 for a single seed). As in the paper's tables, per column the best mean is underlined and
+the top three are bold. Which accuracy is tabulated is chosen with `metric`:
+
+- `best_val` (default): test accuracy at the epoch of best noisy-validation accuracy;
+- `last`: test accuracy after the last epoch;
+- `oracle`: best test accuracy over epochs (peeks at the test set; what the released EchoAlign code reports).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EchobenchError
+from .noise import NoiseSpec
+from .store import Store, atomic_write_text
+
+METRICS = {"best_val": "test_acc_best_val", "last": "test_acc_last", "oracle": "test_acc_oracle"}
+METRIC_TITLES = {"best_val": "test accuracy at the best noisy-validation epoch",
+                 "last": "test accuracy at the last epoch",
+                 "oracle": "best test accuracy over epochs (oracle: peeks at the test set)"}
+
+
+@dataclass
+class Entry:
+    values: list[float]  # one per seed, in percent
+    seeds: list[int]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+
+@dataclass
+class Table:
+    dataset: str
+    methods: list[str]
+    noises: list[str]  # canonical noise strings, in column order
+    entries: dict[tuple[str, str], Entry]  # (method, noise) → entry
+
+    def ranks(self) -> dict[tuple[str, str], int]:
+        """1 = best mean in its column; ties share the better rank."""
+        out = {}
+        for noise in self.noises:
+            means = sorted({round(self.entries[(m, noise)].mean, 10) for m in self.methods if (m, noise) in self.entries}, reverse=True)
+            for m in self.methods:
+                if (m, noise) in self.entries:
+                    out[(m, noise)] = means.index(round(self.entries[(m, noise)].mean, 10)) + 1
+        return out
+
+
+def _noise_order(noise: str) -> tuple:
+    spec = NoiseSpec.parse(noise)
+    order = {"symmetric": 0, "pairflip": 1, "instance": 2, "human": 3}
+    return (order.get(spec.kind, 9), spec.rate, spec.label_set)
+
+
+def collect(results_dir: str | Path, metric: str = "best_val") -> tuple[list[Table], dict[str, Any]]:
+    """Tables from every finished cell under `results_dir`, plus counts of finished/failed cells."""
+    if metric not in METRICS:
+        raise EchobenchError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
+    store = Store(results_dir)
+    if not store.cells.is_dir():
+        raise EchobenchError(f"{results_dir} holds no results (no cells/ folder); run `echobench run --out {results_dir}` first")
+    values: dict[tuple[str, str, str], Entry] = {}
+    info = {"suite": store.owner(), "finished": 0, "failed": 0, "pending": 0, "environments": {}}
+    for rid, config, result, error in store.iter_cells():
+        spec = config["spec"]
+        if result is None:
+            info["failed" if error else "pending"] += 1
+            continue
+        info["finished"] += 1
+        env = config.get("environment", {})
+        info["environments"][env.get("git", "unknown") + " | " + env.get("device", {}).get("name", "?")] = env
+        key = (spec["dataset"], spec["method"], spec["noise"])
+        entry = values.setdefault(key, Entry([], []))
+        entry.values.append(100.0 * result["metrics"][METRICS[metric]])
+        entry.seeds.append(spec["seed"])
+    tables = []
+    for dataset in sorted({k[0] for k in values}):
+        keys = [k for k in values if k[0] == dataset]
+        methods = list(dict.fromkeys(sorted(k[1] for k in keys)))
+        noises = sorted({k[2] for k in keys}, key=_noise_order)
+        tables.append(Table(dataset, methods, noises, {(k[1], k[2]): values[k] for k in keys}))
+    return tables, info
+
+
+def _cell_text(entry: Entry | None, rank: int | None, style: str) -> str:
+    if entry is None:
+        return "—"
+    text = f"{entry.mean:.2f} ± {entry.std:.2f}" if style != "latex" else f"{entry.mean:.2f} $\\pm$ {entry.std:.2f}"
+    if rank is None or rank > 3:
+        return text
+    if style == "latex":
+        text = f"\\textbf{{{text}}}"
+        return f"\\underline{{{text}}}" if rank == 1 else text
+    text = f"**{text}**"
+    return f"<u>{text}</u>" if rank == 1 else text
+
+
+def _rows(table: Table, style: str) -> tuple[list[str], list[list[str]]]:
+    ranks = table.ranks()
+    headers = ["method"] + [NoiseSpec.parse(n).label() for n in table.noises]
+    rows = [[m] + [_cell_text(table.entries.get((m, n)), ranks.get((m, n)), style) for n in table.noises] for m in table.methods]
+    return headers, rows
+
+
+def to_markdown(tables: list[Table], metric: str) -> str:
+    from tabulate import tabulate
+
+    parts = []
+    for t in tables:
+        headers, rows = _rows(t, "md")
+        seeds = sorted({len(e.values) for e in t.entries.values()})
+        parts.append(f"### {t.dataset}: {METRIC_TITLES[metric]}, mean ± std over {'/'.join(map(str, seeds))} seed(s), %\n")
+        parts.append(tabulate(rows, headers, tablefmt="pipe", stralign="center") + "\n")
+    parts.append("Per column: best <u>underlined</u>, top three **bold**.\n")
+    return "\n".join(parts)
+
+
+def to_latex(tables: list[Table], metric: str) -> str:
+    from tabulate import tabulate
+
+    parts = []
+    for t in tables:
+        headers, rows = _rows(t, "latex")
+        body = tabulate(rows, headers, tablefmt="latex_raw", stralign="center")
+        parts.append(f"% {t.dataset}: {METRIC_TITLES[metric]}, mean $\\pm$ std over seeds (%)\n{body}\n")
+    return "\n".join(parts)
+
+
+def to_records(tables: list[Table], metric: str) -> list[dict[str, Any]]:
+    out = []
+    for t in tables:
+        ranks = t.ranks()
+        for (m, n), e in sorted(t.entries.items()):
+            out.append({"dataset": t.dataset, "method": m, "noise": n, "metric": metric, "mean": round(e.mean, 4),
+                        "std": round(e.std, 4), "n_seeds": len(e.values), "seeds": e.seeds,
+                        "values": [round(v, 4) for v in e.values], "rank": ranks[(m, n)]})
+    return out
+
+
+def to_csv(tables: list[Table], metric: str) -> str:
+    records = to_records(tables, metric)
+    buf = io.StringIO()
+    fields = ["dataset", "method", "noise", "metric", "mean", "std", "n_seeds", "rank"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str, Any]:
+    """Write report.{md,tex,csv,json} into `results_dir`; return the JSON document."""
+    tables, info = collect(results_dir, metric)
+    if not tables:
+        raise EchobenchError(f"{results_dir} has no finished cells to report ({info['failed']} failed, {info['pending']} pending)")
+    root = Path(results_dir)
+    doc = {"suite": info["suite"], "metric": metric, "metric_title": METRIC_TITLES[metric],
+           "cells": {k: info[k] for k in ("finished", "failed", "pending")},
+           "results": to_records(tables, metric), "environments": list(info["environments"].values())}
+    markdown = to_markdown(tables, metric)
+    atomic_write_text(root / "report.md", markdown)
+    atomic_write_text(root / "report.tex", to_latex(tables, metric))
+    atomic_write_text(root / "report.csv", to_csv(tables, metric))
+    atomic_write_text(root / "report.json", json.dumps(doc, indent=2) + "\n")
+    doc["markdown"] = markdown
+    return doc

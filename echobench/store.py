@@ -1,0 +1,138 @@
+"""The results store: one directory per cell, every file written atomically.
+
+Layout of an output directory:
+
+    OUT/suite.json                 which suite owns the directory
+    OUT/cells/<run_id>/config.json the cell's canonical spec and the environment that ran it
+    OUT/cells/<run_id>/result.json metrics, per-epoch curves, timings (present = finished)
+    OUT/cells/<run_id>/error.json  the error and traceback of a failed attempt
+    OUT/cells/<run_id>/.lock       held (flock) by the runner computing the cell
+
+A file is written to a temporary name in the same directory, flushed, fsynced and then renamed over
+the target, so a reader (or a runner killed with SIGKILL) never sees half a file. The per-cell lock
+is an advisory `flock`: the kernel drops it when its process dies, so a cell whose runner was killed
+is free again, and two runners on one directory never compute the same cell at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import EchobenchError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "__dict__"):
+        return obj.__dict__
+    return str(obj)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.cells = self.root / "cells"
+
+    # --- ownership -------------------------------------------------------------------------------
+    def claim(self, suite_name: str) -> None:
+        """Mark the directory as `suite_name`'s, refusing one that holds another suite's results."""
+        marker = self.root / "suite.json"
+        if self.root.exists() and not self.root.is_dir():
+            raise EchobenchError(f"output path {self.root} exists and is not a directory; choose another --out")
+        if marker.exists():
+            owner = read_json(marker).get("suite")
+            if owner != suite_name:
+                raise EchobenchError(
+                    f"{self.root} holds results of suite {owner!r}, not {suite_name!r}; "
+                    f"pass another --out directory (nothing was changed)"
+                )
+            return
+        if self.cells.exists() and any(self.cells.iterdir()):
+            raise EchobenchError(f"{self.root} holds cells but no suite.json; pass another --out directory")
+        atomic_write_json(marker, {"suite": suite_name})
+
+    def owner(self) -> str | None:
+        marker = self.root / "suite.json"
+        return read_json(marker).get("suite") if marker.exists() else None
+
+    # --- cells -----------------------------------------------------------------------------------
+    def cell_dir(self, run_id: str) -> Path:
+        return self.cells / run_id
+
+    def has_result(self, run_id: str) -> bool:
+        return (self.cell_dir(run_id) / "result.json").exists()
+
+    def write(self, run_id: str, name: str, data: Any) -> None:
+        atomic_write_json(self.cell_dir(run_id) / name, data)
+
+    def remove(self, run_id: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.cell_dir(run_id) / name).unlink()
+
+    @contextlib.contextmanager
+    def lock(self, run_id: str) -> Iterator[bool]:
+        """Yield True while this process holds the cell's lock, False if another process holds it."""
+        path = self.cell_dir(run_id) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def iter_cells(self) -> Iterator[tuple[str, dict, dict | None, dict | None]]:
+        """(run_id, config, result or None, error or None) for every cell with a config."""
+        if not self.cells.is_dir():
+            return
+        for d in sorted(self.cells.iterdir()):
+            config = d / "config.json"
+            if not config.exists():
+                continue
+            result = d / "result.json"
+            error = d / "error.json"
+            yield (
+                d.name,
+                read_json(config),
+                read_json(result) if result.exists() else None,
+                read_json(error) if error.exists() else None,
+            )
