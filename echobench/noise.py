@@ -4,7 +4,7 @@ Every generator takes an explicit `np.random.Generator` (never global seeding) a
 `NoisyLabels`: the noisy labels, the row-stochastic transition matrix T with
 T[i, j] = P(noisy = j | clean = i), and the realized noise rate (share of labels that changed).
 
-Sources (see shared REFERENCES §2):
+Sources:
 - symmetric: Co-teaching `data/utils.py` (`noisify_multiclass_symmetric`): off-diagonal n/(C-1),
   diagonal 1-n, so a flip never lands on the true class and the expected rate is n. (DivideMix and
   Joint Optimization draw from all C classes instead, an actual rate of n(C-1)/C; echobench does not.)

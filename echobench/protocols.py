@@ -1,7 +1,6 @@
 """Named training protocols: network, optimizer, schedule, augmentation, epochs.
 
-`paper` is the EchoAlign paper's common protocol for every method (paper §5 and appendix C; shared
-REFERENCES §1): SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr ×0.1 at 100
+`paper` is the EchoAlign paper's common protocol for every method (paper §5 and appendix C): SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr ×0.1 at 100
 and 150, pad-4 random crop + horizontal flip + normalize, 45k/5k train/validation. The network is
 ResNet-18 for 10 classes and ResNet-34 for 100 (`model: auto`). The others are the same recipe
 scaled down so that CPU runs finish: `cpu` (the `shapes` suite), `demo` (the default job) and `smoke`
