@@ -37,7 +37,7 @@ class DeviceSplit:
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, device: torch.device) -> "DeviceSplit":
         images = images if images.flags.writeable else images.copy()  # cached datasets are read-only
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-        return cls(x.to(device), torch.as_tensor(labels, dtype=torch.int64).to(device), torch.as_tensor(indices, dtype=torch.int64).to(device))
+        return cls(x.to(device), torch.tensor(labels, dtype=torch.int64, device=device), torch.tensor(indices, dtype=torch.int64, device=device))
 
     def __len__(self) -> int:
         return self.labels.shape[0]

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from echobench.errors import EchobenchError
+from echobench.report import collect, to_csv, to_latex, to_markdown, write_reports
+from echobench.store import Store
+
+
+def fake_results(root, values):
+    """values: {(method, noise): [acc per seed]} → a results directory with those test accuracies."""
+    store = Store(root)
+    store.claim("fake")
+    n = 0
+    for (method, noise), accs in values.items():
+        for seed, acc in enumerate(accs, start=1):
+            rid = f"cell{n:04d}"
+            n += 1
+            spec = {"dataset": "shapes", "noise": noise, "method": method, "seed": seed}
+            store.write(rid, "config.json", {"spec": spec, "environment": {"git": "abc", "device": {"name": "cpu"}}})
+            metrics = {"test_acc_best_val": acc, "test_acc_last": acc - 0.01, "test_acc_oracle": acc + 0.01}
+            store.write(rid, "result.json", {"metrics": metrics})
+    return root
+
+
+VALUES = {
+    ("ce", "symmetric:0.5"): [0.50, 0.52],
+    ("apl", "symmetric:0.5"): [0.60, 0.64],
+    ("pce", "symmetric:0.5"): [0.55, 0.55],
+    ("joint", "symmetric:0.5"): [0.40, 0.40],
+    ("ce", "pairflip:0.45"): [0.70, 0.70],
+    ("apl", "pairflip:0.45"): [0.65, 0.65],
+    ("pce", "pairflip:0.45"): [0.30, 0.30],
+    ("joint", "pairflip:0.45"): [0.66, 0.66],
+}
+
+
+def test_mean_std_and_ranks(tmp_path):
+    tables, info = collect(fake_results(tmp_path, VALUES))
+    (t,) = tables
+    assert info["finished"] == 16
+    assert t.noises == ["symmetric:0.5", "pairflip:0.45"]  # the paper's column order
+    e = t.entries[("apl", "symmetric:0.5")]
+    assert e.mean == pytest.approx(62.0) and e.std == pytest.approx(2.8284271, rel=1e-6)  # sample std, ddof=1
+    ranks = t.ranks()
+    assert ranks[("apl", "symmetric:0.5")] == 1 and ranks[("joint", "symmetric:0.5")] == 4
+    assert ranks[("ce", "pairflip:0.45")] == 1 and ranks[("pce", "pairflip:0.45")] == 4
+
+
+def test_markdown_underlines_best_and_bolds_top_three(tmp_path):
+    tables, _ = collect(fake_results(tmp_path, VALUES))
+    md = to_markdown(tables, "best_val")
+    row = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
+    assert "<u>**62.00 ± 2.83**</u>" in row["apl"]
+    assert "**55.00 ± 0.00**" in row["pce"] and "<u>" not in row["pce"].split("|")[2]
+    assert "**" not in row["joint"].split("|")[2]  # fourth in its column: plain
+    latex = to_latex(tables, "best_val")
+    assert "\\underline{\\textbf{62.00 $\\pm$ 2.83}}" in latex
+    assert to_csv(tables, "best_val").splitlines()[0] == "dataset,method,noise,metric,mean,std,n_seeds,rank"
+
+
+def test_metric_choice_and_written_files(tmp_path):
+    fake_results(tmp_path, VALUES)
+    doc = write_reports(tmp_path, "oracle")
+    apl = next(r for r in doc["results"] if r["method"] == "apl" and r["noise"] == "symmetric:0.5")
+    assert apl["mean"] == pytest.approx(63.0)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["metric"] == "oracle" and len(on_disk["results"]) == 8
+    assert (tmp_path / "report.tex").read_text().count("\\begin{tabular}") == 1
+
+
+def test_report_cli(cli, tmp_path):
+    fake_results(tmp_path, VALUES)
+    code, out, _ = cli("report", tmp_path, "--json")
+    assert code == 0 and json.loads(out)["cells"]["finished"] == 16
+    code, _, err = cli("report", tmp_path / "nothing")
+    assert code == 2 and "no results" in err
+
+
+def test_unknown_metric_is_refused(tmp_path):
+    with pytest.raises(EchobenchError, match="unknown metric"):
+        collect(fake_results(tmp_path, VALUES), "median")
