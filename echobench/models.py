@@ -78,7 +78,9 @@ def cifar_resnet(num_blocks: list[int], num_classes: int, width: int = 64):
 
 
 def simple_cnn(num_classes: int, widths: tuple[int, ...]):
-    """conv-BN-ReLU ×2 per stage with 2× max-pool between stages, then global average pooling."""
+    """conv-BN-ReLU stages at full, 1/2, 1/4, ... resolution (2× max-pool between them), then global
+    average pooling and a linear head. One narrow conv at full resolution keeps corners visible
+    while staying cheap on CPU; the widths double as the resolution halves."""
     nn = _nn()
 
     class SimpleCNN(nn.Module):
@@ -86,10 +88,9 @@ def simple_cnn(num_classes: int, widths: tuple[int, ...]):
             super().__init__()
             layers, in_ch = [], 3
             for i, w in enumerate(widths):
-                layers += [nn.Conv2d(in_ch, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-                layers += [nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-                if i < len(widths) - 1:
+                if i > 0:
                     layers.append(nn.MaxPool2d(2))
+                layers += [nn.Conv2d(in_ch, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
                 in_ch = w
             self.body = nn.Sequential(*layers)
             self.linear = nn.Linear(in_ch, num_classes)
@@ -105,8 +106,8 @@ def simple_cnn(num_classes: int, widths: tuple[int, ...]):
 
 MODELS.add("resnet18", lambda num_classes: cifar_resnet([2, 2, 2, 2], num_classes))
 MODELS.add("resnet34", lambda num_classes: cifar_resnet([3, 4, 6, 3], num_classes))
-MODELS.add("small-cnn", lambda num_classes: simple_cnn(num_classes, (32, 64, 128)))
-MODELS.add("tiny-cnn", lambda num_classes: simple_cnn(num_classes, (8, 16)))
+MODELS.add("small-cnn", lambda num_classes: simple_cnn(num_classes, (16, 32, 64, 128)))
+MODELS.add("tiny-cnn", lambda num_classes: simple_cnn(num_classes, (8, 16, 32)))
 
 
 def build_model(name: str, num_classes: int):

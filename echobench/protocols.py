@@ -63,9 +63,11 @@ class Protocol:
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 PROTOCOLS.add("paper", Protocol("paper"))
-PROTOCOLS.add("cpu", Protocol("cpu", model="small-cnn", epochs=30, lr=0.05, weight_decay=5e-4, milestones=(15, 25)))
-PROTOCOLS.add("demo", Protocol("demo", model="small-cnn", epochs=12, lr=0.05, weight_decay=5e-4, milestones=(8, 11)))
-PROTOCOLS.add("smoke", Protocol("smoke", model="tiny-cnn", epochs=2, lr=0.05, milestones=(), eval_batch_size=512))
+# The CPU protocols use batch 32 and lr 0.02: on a few thousand `shapes` images, small batches (more
+# steps per epoch) learn several times faster per second than batch 128 (measured with `demo`).
+PROTOCOLS.add("cpu", Protocol("cpu", model="small-cnn", epochs=30, batch_size=32, lr=0.02, weight_decay=5e-4, milestones=(20, 27)))
+PROTOCOLS.add("demo", Protocol("demo", model="small-cnn", epochs=10, batch_size=32, lr=0.02, weight_decay=5e-4, milestones=(6, 9)))
+PROTOCOLS.add("smoke", Protocol("smoke", model="tiny-cnn", epochs=2, batch_size=32, lr=0.02, milestones=(), eval_batch_size=512))
 
 
 def get_protocol(name: str, overrides: dict[str, Any] | None = None) -> Protocol:
