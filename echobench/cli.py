@@ -84,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command is None:  # bare `echobench`: the main job
-        args = parser.parse_args(["run"])
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         return COMMANDS[args.command](args)
     except EchobenchError as exc:

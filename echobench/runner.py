@@ -147,6 +147,7 @@ def run_suite(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list
                 outcome.skipped.append(rid)
                 bar.update(1)
                 continue
+            store.remove_stale_temporaries(rid)
             store.write(rid, "config.json", {"run_id": rid, "suite": suite.name, "spec": spec.to_dict(), "environment": env})
             store.remove(rid, "error.json")
             epochs = tqdm(total=spec.protocol["epochs"], desc=label, unit="epoch", leave=False,

@@ -97,6 +97,12 @@ class Store:
     def write(self, run_id: str, name: str, data: Any) -> None:
         atomic_write_json(self.cell_dir(run_id) / name, data)
 
+    def remove_stale_temporaries(self, run_id: str) -> None:
+        """Temporary files a killed writer left behind; call only while holding the cell's lock."""
+        for tmp in self.cell_dir(run_id).glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
     def remove(self, run_id: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.cell_dir(run_id) / name).unlink()

@@ -95,3 +95,8 @@ def test_doctor_json(cli):
     code, out, _ = cli("doctor", "--json")
     doc = json.loads(out)
     assert code == 0 and "torch" in doc["packages"] and set(doc["extras"]) >= {"clip", "onnx", "ray"}
+
+
+def test_bare_command_prints_help(cli):
+    code, out, _ = cli()
+    assert code == 0 and "run" in out and "report" in out

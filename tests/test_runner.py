@@ -155,3 +155,14 @@ def test_sigkill_mid_suite_then_rerun_completes_without_loss_or_duplicates(tmp_p
     assert not list(out.rglob("*.tmp"))  # no half-written files
     for p in out.glob("cells/*/result.json"):
         json.loads(p.read_text())
+
+
+def test_temporaries_left_by_a_killed_writer_are_cleaned(tmp_path):
+    suite = tiny_suite(seeds=[1])
+    (spec,) = suite.expand()
+    cell = tmp_path / "cells" / spec.run_id
+    cell.mkdir(parents=True)
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": suite.name}))
+    (cell / ".result.json.abc.tmp").write_text('{"half": ')
+    assert run_suite(suite, tmp_path, progress=False).computed == [spec.run_id]
+    assert not list(cell.glob("*.tmp")) and not list(cell.glob(".*.tmp"))
