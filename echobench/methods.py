@@ -67,12 +67,18 @@ class Method:
 
 
 class SingleNetworkMethod(Method):
-    """One network, the protocol's optimizer and schedule, a method-specific loss."""
+    """One network, the protocol's optimizer and schedule, a method-specific loss.
+
+    A `grad_clip` field in `Params` (a max L2 norm, or None) clips gradients before each step, as the
+    official APL and AUL training scripts do.
+    """
 
     def loss(self, logits, targets, indices, epoch: int, task):
         raise NotImplementedError  # abstract: subclasses define their loss
 
     def fit(self, task) -> None:
+        import torch
+
         model = task.new_model()
         optimizer = task.new_optimizer(model.parameters())
         scheduler = task.new_scheduler(optimizer)
@@ -87,6 +93,9 @@ class SingleNetworkMethod(Method):
                 loss = self.loss(logits.float(), y, idx, epoch, task)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                clip = getattr(self.params, "grad_clip", None)
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
                 # Accumulate on the device: a float() per batch would sync the GPU every step.
                 loss_sum = loss_sum + loss.detach() * len(y)

@@ -23,6 +23,7 @@ class Protocol:
     model: str = "auto"  # auto: resnet18 for ≤ 10 classes, resnet34 above (the paper's choice)
     epochs: int = 200
     batch_size: int = 128
+    optimizer: str = "sgd"  # sgd (momentum, weight decay) or adam (weight decay; betas 0.9, 0.999)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -52,6 +53,8 @@ class Protocol:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise EchobenchError(f"protocol {self.name!r}: epochs, batch_size and lr must be positive")
+        if self.optimizer not in ("sgd", "adam"):
+            raise EchobenchError(f"protocol {self.name!r}: optimizer must be sgd or adam, got {self.optimizer!r}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise EchobenchError(f"protocol {self.name!r}: milestones must be increasing epoch numbers")
 

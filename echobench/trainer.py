@@ -174,7 +174,10 @@ class Task:
 
     def new_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         p = self.protocol
-        return torch.optim.SGD(params, lr=p.lr if lr is None else lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        lr = p.lr if lr is None else lr
+        if p.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=p.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
 
     def new_scheduler(self, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.protocol.milestones), gamma=self.protocol.gamma)
