@@ -21,6 +21,23 @@ from .registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
 METHODS.add("ce", "baselines.ce:CrossEntropy")
+METHODS.add("apl", "baselines.apl:ActivePassiveLoss")
+METHODS.add("pce", "baselines.pce:PartiallyHuberisedCE")
+METHODS.add("aul", "baselines.aul:AsymmetricUnhingedLoss")
+METHODS.add("celc", "baselines.celc:LogitClipCE")
+METHODS.add("t-revision", "baselines.t_revision:TRevision")
+METHODS.add("identifiability", "baselines.identifiability:Identifiability")
+METHODS.add("joint", "baselines.joint:JointOptimization")
+METHODS.add("co-teaching", "baselines.co_teaching:CoTeaching")
+METHODS.add("sigua", "baselines.sigua:Sigua")
+METHODS.add("co-dis", "baselines.co_dis:CoDis")
+
+CIFAR100_LIKE = ("cifar100", "cifar100n")
+
+
+def uses_cifar100_defaults(dataset: str) -> bool:
+    """Official configs exist for CIFAR-10 and CIFAR-100; every other dataset takes CIFAR-10's."""
+    return dataset in CIFAR100_LIKE
 
 
 def register_method(name: str):
@@ -65,6 +82,10 @@ class Method:
     def fit(self, task) -> None:
         raise NotImplementedError  # abstract: every registered method implements it
 
+    def diagnostics(self) -> dict[str, Any]:
+        """JSON-able facts a method estimated (a transition matrix, relabelled counts...), saved in the result."""
+        return {}
+
 
 class SingleNetworkMethod(Method):
     """One network, the protocol's optimizer and schedule, a method-specific loss.
@@ -77,29 +98,14 @@ class SingleNetworkMethod(Method):
         raise NotImplementedError  # abstract: subclasses define their loss
 
     def fit(self, task) -> None:
-        import torch
-
         model = task.new_model()
         optimizer = task.new_optimizer(model.parameters())
         scheduler = task.new_scheduler(optimizer)
         generator = task.generator("batches")
+        clip = getattr(self.params, "grad_clip", None)
         for epoch in range(1, task.protocol.epochs + 1):
             started = time.perf_counter()
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for x, y, idx in task.batches(task.train, generator):
-                with task.autocast():
-                    logits = model(x)
-                loss = self.loss(logits.float(), y, idx, epoch, task)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip = getattr(self.params, "grad_clip", None)
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                optimizer.step()
-                # Accumulate on the device: a float() per batch would sync the GPU every step.
-                loss_sum = loss_sum + loss.detach() * len(y)
-                correct = correct + (logits.argmax(1) == y).sum()
-                seen += len(y)
-            task.record_epoch(epoch, model, optimizer, loss_sum, correct, seen, started)
+            sums = task.train_epoch(model, optimizer, generator,
+                                    lambda logits, y, idx: self.loss(logits, y, idx, epoch, task), grad_clip=clip)
+            task.record_epoch(epoch, model, optimizer, *sums, started)
             scheduler.step()

@@ -108,6 +108,7 @@ MODELS.add("resnet18", lambda num_classes: cifar_resnet([2, 2, 2, 2], num_classe
 MODELS.add("resnet34", lambda num_classes: cifar_resnet([3, 4, 6, 3], num_classes))
 MODELS.add("small-cnn", lambda num_classes: simple_cnn(num_classes, (16, 32, 64, 128)))
 MODELS.add("tiny-cnn", lambda num_classes: simple_cnn(num_classes, (8, 16, 32)))
+MODELS.add("co-teaching-cnn", "baselines.co_teaching:co_teaching_cnn")  # Co-teaching's 9-layer CNN
 
 
 def build_model(name: str, num_classes: int):

@@ -70,6 +70,8 @@ PROTOCOLS.add("paper", Protocol("paper"))
 # steps per epoch) learn several times faster per second than batch 128 (measured with `demo`).
 PROTOCOLS.add("cpu", Protocol("cpu", model="small-cnn", epochs=30, batch_size=32, lr=0.02, weight_decay=5e-4, milestones=(20, 27)))
 PROTOCOLS.add("demo", Protocol("demo", model="small-cnn", epochs=10, batch_size=32, lr=0.02, weight_decay=5e-4, milestones=(6, 9)))
+# Co-teaching's own protocol (Adam, its 9-layer CNN), defined beside the method that needs it.
+PROTOCOLS.add("co-teaching", "baselines.co_teaching:CO_TEACHING_PROTOCOL")
 PROTOCOLS.add("smoke", Protocol("smoke", model="tiny-cnn", epochs=2, batch_size=32, lr=0.02, milestones=(), eval_batch_size=512))
 
 

@@ -108,6 +108,9 @@ class History:
       (the first such epoch on ties) — the model selection a practitioner can actually do;
     - `test_acc_oracle`: the best test accuracy over all epochs. It peeks at the test set; the
       released EchoAlign code reports this one, so it is kept, and labelled as an oracle.
+
+    Multi-stage methods mark each epoch with `extra["stage"]`; the summary then covers the final
+    stage only (the model the method delivers), while the curves keep every stage.
     """
 
     def __init__(self, on_epoch: Callable[[EpochRecord], None] | None = None):
@@ -123,14 +126,16 @@ class History:
     def summary(self) -> dict[str, Any]:
         if not self.records:
             raise RuntimeError("the method finished without recording an epoch")
-        test = [r.test_acc for r in self.records]
-        val = [r.val_acc for r in self.records]
+        final_stage = self.records[-1].extra.get("stage")
+        records = [r for r in self.records if r.extra.get("stage") == final_stage]
+        test = [r.test_acc for r in records]
+        val = [r.val_acc for r in records]
         best_val = int(np.argmax(val))
         return {
             "test_acc_last": test[-1],
             "test_acc_best_val": test[best_val],
             "test_acc_oracle": max(test),
-            "best_val_epoch": self.records[best_val].epoch,
+            "best_val_epoch": records[best_val].epoch,
             "val_acc_best": val[best_val],
             "epochs": len(self.records),
         }
@@ -192,6 +197,33 @@ class Task:
             if augment_images:
                 x = augment(x, self.protocol.crop_padding, self.protocol.flip, generator)
             yield self.normalizer(x), split.labels[pos], split.indices[pos]
+
+    def train_epoch(self, model: torch.nn.Module, optimizer, generator: torch.Generator,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                    grad_clip: float | None = None, split: DeviceSplit | None = None, train_mode: bool = True):
+        """One pass over `split` (default: train) minimising `loss_fn(logits, y, index)`.
+
+        `train_mode=False` keeps the model in eval mode (e.g. a frozen encoder's batch-norm statistics).
+
+        Returns (loss sum, correct count, samples seen) for `record_epoch`; the sums stay on the
+        device because a float() per batch would synchronise the GPU every step.
+        """
+        model.train(train_mode)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y, idx in self.batches(split if split is not None else self.train, generator):
+            with self.autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss = loss_fn(logits, y, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            loss_sum = loss_sum + loss.detach() * len(y)
+            correct = correct + (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return loss_sum, correct, seen
 
     def autocast(self):
         enabled = self.device.type == "cuda" and self.protocol.mixed_precision

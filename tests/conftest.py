@@ -7,6 +7,18 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_N_DIR = REPO.parent / "shared" / "data" / "cifar-n"  # real CIFAR-N files beside the checkout, when present
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests train tiny networks: one intra-op thread is faster for them than two, and on a shared
+    2-core machine two spinning torch threads were measured up to ~60× slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
 
 from echobench.runner import run_cell, run_suite
 from echobench.suite import load_suite, parse_suite
@@ -166,3 +164,14 @@ def test_temporaries_left_by_a_killed_writer_are_cleaned(tmp_path):
     (cell / ".result.json.abc.tmp").write_text('{"half": ')
     assert run_suite(suite, tmp_path, progress=False).computed == [spec.run_id]
     assert not list(cell.glob("*.tmp")) and not list(cell.glob(".*.tmp"))
+
+
+def test_summary_covers_the_final_stage_only():
+    from echobench.trainer import EpochRecord, History
+
+    h = History()
+    for epoch, (stage, test, val) in enumerate([(0, 0.9, 0.9), (0, 0.8, 0.8), (1, 0.5, 0.4), (1, 0.6, 0.3)], start=1):
+        h.add(EpochRecord(epoch, 0.1, 1.0, 0.5, val, test, 1.0, {"stage": float(stage)}))
+    s = h.summary()
+    assert s["test_acc_oracle"] == 0.6 and s["test_acc_best_val"] == 0.5 and s["best_val_epoch"] == 3
+    assert s["test_acc_last"] == 0.6 and s["epochs"] == 4
