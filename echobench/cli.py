@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"], help="accuracy to tabulate")
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     run.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ls = add("ls", "List registered datasets, noises, methods, suites, protocols or models.")
@@ -119,6 +120,12 @@ def cmd_run(args) -> int:
     from .runner import run_suite
 
     device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise EchobenchError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     outcome = run_suite(suite, out, device=device, seeds=args.seeds, force=args.force,
                         data_root=args.data_root, progress=not args.no_progress)
