@@ -13,7 +13,7 @@ Source: hongxin001/LogitClip (official), `algorithms/clip.py` (`LogitClipping.tr
     z unchanged elsewhere;  loss = CrossEntropyLoss()(z_final, y)
 
 `temperature` here is that `--temp` argument (`train.py`, default 1.0), read as the paper's 1/tau
-with tau the norm bound (REFERENCES.md §3: the LogitClip paper tunes 1/tau; `--temp` is the script's
+with tau the norm bound (the LogitClip paper tunes 1/tau; `--temp` is the script's
 tuned knob). Under that reading the radius line (delta = 1/temp = tau) is right and the threshold
 line (n > temp) is the error. Were `--temp` tau itself, the threshold would be right and the radius
 wrong; the code names neither, and echobench takes the first reading, which keeps `temperature`

@@ -11,7 +11,7 @@ There is no official code. Source: the reproduction dmizr/phuber, `phuber/loss.p
 (`PHuberCrossEntropy`: threshold 1/tau, boundary term log(tau) + 1, softmax probabilities).
 Defaults: tau = 2 for CIFAR-10 (dmizr/phuber `README.md`: example command and results table
 "PHuber-CE tau=2" on CIFAR-10) and tau = 10 for CIFAR-100 (dmizr/phuber `conf/loss/phuber_ce.yaml`
-default `tau: 10`, and the README's CIFAR-100 table "PHuber-CE tau=10"); REFERENCES.md §3 gives the same two values.
+default `tau: 10`, and the README's CIFAR-100 table "PHuber-CE tau=10").
 The reproduction trains without gradient clipping (`conf/hparams/cifar*_resnet*.yaml`:
 `grad_clip_max_norm: null`): `grad_clip = None`. `cifar10`, `cifar10n` and `shapes` take the CIFAR-10
 value, `cifar100` and `cifar100n` the CIFAR-100 one.

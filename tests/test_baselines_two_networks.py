@@ -263,11 +263,9 @@ def test_co_teaching_original_protocol_runs_an_epoch_with_the_cnn(tiny_run, spy_
     from echobench.models import MODELS
     from echobench.protocols import PROTOCOLS
 
-    # The integrator registers both; until then, register them for this test only.
-    if "co-teaching-cnn" not in MODELS:
-        monkeypatch.setitem(MODELS._entries, "co-teaching-cnn", co_teaching_cnn)
-    if "co-teaching" not in PROTOCOLS:
-        monkeypatch.setitem(PROTOCOLS._entries, "co-teaching", CO_TEACHING_PROTOCOL)
+    # Both are registered lazily under the names the protocol uses.
+    assert MODELS.get("co-teaching-cnn") is co_teaching_cnn
+    assert PROTOCOLS.get("co-teaching") is CO_TEACHING_PROTOCOL
     optimizers = []
     original = Task.new_optimizer
     monkeypatch.setattr(Task, "new_optimizer", lambda self, *a, **k: optimizers.append(original(self, *a, **k)) or optimizers[-1])
