@@ -149,14 +149,15 @@ def instance(
     if images is None or len(images) != len(labels):
         raise EchobenchError("instance noise needs the training images, one per label")
     q = truncated_normal(rate, std, 0.0, max_flip, len(labels), rng)
-    x = np.asarray(images).reshape(len(labels), -1).astype(np.float32) * INSTANCE_INPUT_SCALE
-    w = rng.standard_normal((num_classes, x.shape[1], num_classes), dtype=np.float32)
+    images = np.asarray(images).reshape(len(labels), -1)
+    w = rng.standard_normal((num_classes, images.shape[1], num_classes), dtype=np.float32)
     probabilities = np.zeros((len(labels), num_classes), dtype=np.float64)
     for c in range(num_classes):  # group by class: one (n_c, D) @ (D, C) product each
         rows = np.flatnonzero(labels == c)
         if rows.size == 0:
             continue
-        logits = (x[rows] @ w[c]).astype(np.float64)
+        x = images[rows].astype(np.float32) * INSTANCE_INPUT_SCALE  # one class at a time: bounded memory
+        logits = (x @ w[c]).astype(np.float64)
         logits[:, c] = -np.inf
         logits -= logits.max(axis=1, keepdims=True)
         soft = np.exp(logits)

@@ -35,3 +35,14 @@ def test_models_have_cifar_stem_and_output(name, classes):
         assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
         assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
         assert sum(p.numel() for p in model.parameters()) > (21e6 if name == "resnet34" else 11e6)
+
+
+def test_channel_stats_in_chunks_match_the_direct_computation():
+    import numpy as np
+
+    from echobench.trainer import channel_stats
+
+    x = np.random.default_rng(0).integers(0, 256, (500, 8, 8, 3), dtype=np.uint8)
+    mean, std = channel_stats(x, chunk=37)
+    ref = x.reshape(-1, 3) / 255.0
+    assert np.allclose(mean, ref.mean(0), atol=1e-12) and np.allclose(std, ref.std(0), atol=1e-6)
