@@ -27,6 +27,9 @@ EXAMPLES = {
   echobench noise shapes --kind instance --rate 0.3 --seed 1
   echobench noise cifar10 --kind pairflip --rate 0.45 --seed 2 --json
   echobench noise cifar10n --kind worst --labels-file CIFAR-10_human.pt""",
+    "bench": """examples:
+  echobench bench knn                             # 50,000 × 512 random features, k = 10, faiss vs torch
+  echobench bench knn --n 2000 --dim 32 --json""",
     "doctor": """examples:
   echobench doctor
   echobench doctor --json""",
@@ -76,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     noise.add_argument("--labels-file", help="a local CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
     noise.add_argument("--data-root")
     noise.add_argument("--json", action="store_true")
+
+    bench = add("bench", "Micro-benchmarks of echobench's building blocks (kNN backends: time and peak memory).")
+    bench_sub = bench.add_subparsers(dest="bench_what", metavar="WHAT", required=True)
+    knn = bench_sub.add_parser("knn", help="faiss vs torch cosine kNN: seconds, peak MiB, agreement")
+    knn.add_argument("--n", type=int, default=50_000, help="points (default: 50000)")
+    knn.add_argument("--dim", type=int, default=512, help="feature dimension (default: 512)")
+    knn.add_argument("--k", type=int, default=10, help="neighbours per point (default: 10)")
+    knn.add_argument("--backends", nargs="+", default=["faiss", "torch"], choices=["faiss", "torch"])
+    knn.add_argument("--repeats", type=int, default=1)
+    knn.add_argument("--seed", type=int, default=0)
+    knn.add_argument("--threads", type=int, help="torch/faiss CPU threads in each child (default: their own)")
+    knn.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
 
     doctor = add("doctor", "Show installed extras, devices and cache locations.")
     doctor.add_argument("--json", action="store_true")
@@ -193,6 +208,17 @@ def cmd_noise(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench_knn, format_bench_knn
+
+    if min(args.n, args.dim, args.k, args.repeats) < 1 or args.k >= args.n:
+        raise EchobenchError("--n, --dim, --k and --repeats must be positive and --k smaller than --n")
+    doc = bench_knn(n=args.n, dim=args.dim, k=args.k, backends=tuple(args.backends), repeats=args.repeats,
+                    seed=args.seed, threads=args.threads)
+    print(json.dumps(doc, indent=2) if args.json else format_bench_knn(doc))
+    return 1 if any("error" in r for r in doc["backends"].values()) else 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report, format_doctor
 
@@ -201,7 +227,8 @@ def cmd_doctor(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "noise": cmd_noise, "doctor": cmd_doctor}
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "noise": cmd_noise, "bench": cmd_bench,
+            "doctor": cmd_doctor}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("command", ["run", "ls", "report", "noise", "doctor"])
+@pytest.mark.parametrize("command", ["run", "ls", "report", "noise", "bench", "doctor"])
 def test_help_shows_examples(command, capsys):
     from echobench.cli import main
 
@@ -100,3 +100,12 @@ def test_doctor_json(cli):
 def test_bare_command_prints_help(cli):
     code, out, _ = cli()
     assert code == 0 and "run" in out and "report" in out
+
+
+def test_bench_knn_json_compares_backends(cli):
+    pytest.importorskip("faiss")
+    code, out, _ = cli("bench", "knn", "--n", "600", "--dim", "16", "--k", "5", "--json")
+    doc = json.loads(out)
+    assert code == 0 and set(doc["backends"]) == {"faiss", "torch"}
+    code, _, err = cli("bench", "knn", "--n", "10", "--k", "10")
+    assert code == 2 and "smaller than --n" in err
