@@ -94,14 +94,13 @@ import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
 from echobench.knn import knn
-from echobench.registry import Registry
 from echobench.seeding import numpy_rng
+from echobench.selectors import SELECTORS  # lazy entries there; the definitions below resolve them
 from echobench.trainer import augment
 
 from .stages import model_state
 
 # A selector: fn(task, **params) -> Selection
-SELECTORS: Registry[Callable[..., "Selection"]] = Registry("selector")
 
 OFFICIAL_WARMUP_EPOCHS = 10  # BLTM `main.py` (`for epoch in range(0, 10)`); Co-teaching's T_k
 BLTM_RHO = 0.1

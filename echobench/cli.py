@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ls = add("ls", "List registered datasets, noises, methods, suites, protocols or models.")
-    ls.add_argument("what", choices=["datasets", "noises", "methods", "suites", "protocols", "models"])
+    ls = add("ls", "List registered datasets, noises, methods, selectors, suites, protocols or models.")
+    ls.add_argument("what", choices=["datasets", "noises", "methods", "selectors", "suites", "protocols", "models"])
     ls.add_argument("--json", action="store_true")
 
     report = add("report", "Tabulate a results directory: methods × noise settings, mean ± std over seeds.")
@@ -169,10 +169,11 @@ def cmd_ls(args) -> int:
     from .models import MODELS
     from .noise import NOISES
     from .protocols import PROTOCOLS
+    from .selectors import SELECTORS
     from .suite import SUITES, load_suite
 
-    registry = {"datasets": DATASETS, "noises": NOISES, "methods": METHODS, "suites": SUITES,
-                "protocols": PROTOCOLS, "models": MODELS}[args.what]
+    registry = {"datasets": DATASETS, "noises": NOISES, "methods": METHODS, "selectors": SELECTORS,
+                "suites": SUITES, "protocols": PROTOCOLS, "models": MODELS}[args.what]
     names = registry.names()
     details = {n: load_suite(n).description for n in names} if args.what == "suites" else {}
     if args.json:
