@@ -8,7 +8,7 @@ Two backends give the same answer (ties aside):
 
 - ``"faiss"``: `faiss.normalize_L2` on a float32 copy, an exact inner-product index (`IndexFlatIP`; a
   `GpuIndexFlatIP` when the installed faiss sees GPUs, `faiss.get_num_gpus() > 0`), searched for the
-  k + 1 best of `chunk` queries at a time (REFERENCES §4: cosine = inner product of L2-normalised rows).
+  k + 1 best of `chunk` queries at a time (cosine = inner product of L2-normalised rows).
   FAISS scores its own query and database blocks with BLAS, so its working memory is bounded too.
 - ``"torch"``: rows L2-normalised (`F.normalize`), then for each block of `chunk` rows the (chunk, N)
   similarity block = rows @ allᵀ, the block's own diagonal set to −inf, `topk(k)`. The peak extra
