@@ -75,13 +75,13 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
+from echobench.knn import knn
 from echobench.methods import Method, register_method
 
 from .stages import model_state, scaled_epochs, scaled_milestones
 
 STAGES = ("warmup", "forward")
 PAPER_LR = 0.1
-_CHUNK_ELEMENTS = 1 << 24  # similarity entries per chunk (64 MiB of float32)
 
 
 def forward_loss(logits: torch.Tensor, targets: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -96,19 +96,13 @@ def forward_loss(logits: torch.Tensor, targets: torch.Tensor, T: torch.Tensor) -
 
 
 def nearest_two(features: torch.Tensor) -> torch.Tensor:
-    """Indices (N, 2) of each row's nearest and second-nearest other rows by cosine similarity."""
-    f = F.normalize(features.float(), dim=1)
-    n = f.shape[0]
+    """Indices (N, 2) of each row's nearest and second-nearest other rows by cosine similarity
+    (`echobench.knn`'s chunked torch backend: the official code's full N×N matrix is never built)."""
+    n = features.shape[0]
     if n < 3:
         raise EchobenchError(f"HOC needs at least 3 samples for two neighbours each, got {n}")
-    chunk = max(1, min(n, _CHUNK_ELEMENTS // n))
-    out = []
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(start + chunk, n), device=f.device)
-        sim = f[rows] @ f.t()
-        sim[torch.arange(len(rows), device=f.device), rows] = -float("inf")
-        out.append(sim.topk(2, dim=1).indices)
-    return torch.cat(out)
+    _, indices = knn(features.float(), 2, backend="torch")
+    return indices
 
 
 def hoc_statistics(features: torch.Tensor, noisy_labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
