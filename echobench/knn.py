@@ -12,8 +12,7 @@ Two backends give the same answer (ties aside):
   FAISS scores its own query and database blocks with BLAS, so its working memory is bounded too.
 - ``"torch"``: rows L2-normalised (`F.normalize`), then for each block of `chunk` rows the (chunk, N)
   similarity block = rows @ allᵀ, the block's own diagonal set to −inf, `topk(k)`. The peak extra
-  memory is one (chunk, N) block (default: 2²⁴ entries = 64 MiB of float32, as in
-  `baselines/identifiability.py`). Runs on the device of a torch input (GPU tensors stay on the GPU).
+  memory is one (chunk, N) block (default: 2²⁴ entries = 64 MiB of float32). Runs on the device of a torch input (GPU tensors stay on the GPU).
 - ``"auto"``: faiss when it can be imported, else torch — except for a torch tensor on a GPU when the
   installed faiss has no GPU support (faiss-cpu): then torch, which keeps the work on the GPU.
 
