@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import baselines.identifiability as ident
 import baselines.joint as joint
 import baselines.t_revision as trev
+import echobench.knn as knn_module
 from echobench.methods import METHODS
 
 
@@ -194,7 +195,7 @@ def test_nearest_neighbours_are_chunked_and_exact(monkeypatch):
     sim = f @ f.t()
     sim.fill_diagonal_(-float("inf"))
     expected = sim.topk(2, dim=1).indices
-    monkeypatch.setattr(ident, "_CHUNK_ELEMENTS", 120)  # 3 rows per chunk
+    monkeypatch.setattr(knn_module, "CHUNK_ELEMENTS", 120)  # 3 rows per chunk
     assert torch.equal(ident.nearest_two(x), expected)
 
 
