@@ -40,6 +40,7 @@ gradients before either step is the fix and gives the same numbers the official 
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 from typing import Any, ClassVar, Sequence
@@ -134,10 +135,10 @@ class SampleSelectionMethod(Method):
 
     model_streams: ClassVar[tuple[str, ...]] = ("model1", "model2")
 
+    @abc.abstractmethod
     def batch_losses(self, logits: Sequence[torch.Tensor], targets: torch.Tensor, indices: torch.Tensor,
                      forget_rate: float, epoch: int, task) -> tuple[torch.Tensor, ...]:
         """One loss per network for this batch (float32 `logits` of each network, same order)."""
-        raise NotImplementedError  # abstract: subclasses define their selection rule
 
     def tau(self, task) -> float:
         """The final forget rate τ: the method's `forget_rate`, or the task's nominal noise rate."""
@@ -203,6 +204,7 @@ class TwoNetworkMethod(SampleSelectionMethod):
     def batch_losses(self, logits, targets, indices, forget_rate, epoch, task):
         return self.pair_losses(logits[0], logits[1], targets, forget_rate)
 
+    @abc.abstractmethod
     def pair_losses(self, logits1: torch.Tensor, logits2: torch.Tensor, targets: torch.Tensor,
                     forget_rate: float) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # abstract: the per-batch rule of a two-network method
+        """The two networks' losses for this batch: the selection rule of a two-network method."""

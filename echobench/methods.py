@@ -11,6 +11,7 @@ per-dataset defaults from its official source, and suite files may override fiel
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class NoParams:
     pass
 
 
-class Method:
+class Method(abc.ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
 
@@ -79,8 +80,9 @@ class Method:
             raise EchobenchError(f"method {cls.name!r} has no hyperparameter(s) {unknown}; known: {sorted(known) or 'none'}")
         return dataclasses.replace(base, **overrides)
 
+    @abc.abstractmethod
     def fit(self, task) -> None:
-        raise NotImplementedError  # abstract: every registered method implements it
+        """Train on `task`, recording one `EpochRecord` per epoch in `task.history`."""
 
     def diagnostics(self) -> dict[str, Any]:
         """JSON-able facts a method estimated (a transition matrix, relabelled counts...), saved in the result."""
@@ -94,8 +96,9 @@ class SingleNetworkMethod(Method):
     official APL and AUL training scripts do.
     """
 
+    @abc.abstractmethod
     def loss(self, logits, targets, indices, epoch: int, task):
-        raise NotImplementedError  # abstract: subclasses define their loss
+        """The batch loss (a scalar tensor) of float32 `logits` against the noisy `targets`."""
 
     def fit(self, task) -> None:
         model = task.new_model()
