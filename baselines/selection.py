@@ -329,18 +329,6 @@ def warmup_length(epochs: int, task) -> int:
     return max(1, min(int(epochs), task.protocol.epochs))
 
 
-def ce_epoch(task, model, optimizer, generator, split, *, augment_images: bool) -> None:
-    """One CE pass over `split`, with or without the protocol's augmentation."""
-    model.train()
-    for x, y, _ in task.batches(split, generator, augment_images=augment_images):
-        with task.autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
 def train_ce(task, epochs: int, *, stream: str, split=None, augment_images: bool = True, keep: str = "last",
              lr: float | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A fresh network (seed stream `stream`) trained with CE on `split` (default: train) for `epochs`.
@@ -360,7 +348,8 @@ def train_ce(task, epochs: int, *, stream: str, split=None, augment_images: bool
     best, best_epoch, best_state, val_accs = -1.0, epochs, None, []
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        ce_epoch(task, model, optimizer, generator, split, augment_images=augment_images)
+        task.train_epoch(model, optimizer, generator, lambda logits, y, idx: F.cross_entropy(logits, y),
+                         split=split, augment_images=augment_images)
         scheduler.step()
         if keep == "best_val":
             acc = task.accuracy(model, task.val)

@@ -208,7 +208,8 @@ class Task:
 
     def train_epoch(self, model: torch.nn.Module, optimizer, generator: torch.Generator,
                     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                    grad_clip: float | None = None, split: DeviceSplit | None = None, train_mode: bool = True):
+                    grad_clip: float | None = None, split: DeviceSplit | None = None, train_mode: bool = True,
+                    augment_images: bool = True):
         """One pass over `split` (default: train) minimising `loss_fn(logits, y, index)`.
 
         `train_mode=False` keeps the model in eval mode (e.g. a frozen encoder's batch-norm statistics).
@@ -218,7 +219,7 @@ class Task:
         """
         model.train(train_mode)
         loss_sum, correct, seen = 0.0, 0, 0
-        for x, y, idx in self.batches(split if split is not None else self.train, generator):
+        for x, y, idx in self.batches(split if split is not None else self.train, generator, augment_images=augment_images):
             with self.autocast():
                 logits = model(x)
             logits = logits.float()
