@@ -78,7 +78,7 @@ from echobench.errors import EchobenchError
 from echobench.knn import knn
 from echobench.methods import Method, register_method
 
-from .stages import model_state, scaled_epochs, scaled_milestones
+from .stages import ce_warmup_keep_best, scaled_epochs, scaled_milestones
 
 STAGES = ("warmup", "forward")
 PAPER_LR = 0.1
@@ -255,17 +255,7 @@ class Identifiability(Method):
         started_stage = time.perf_counter()
         optimizer = self._optimizer(task, model.parameters(), p.warmup_lr)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, scaled_milestones(task, n_warm), gamma=task.protocol.gamma)
-        best_val, best_state = -1.0, None
-        for e in range(1, n_warm + 1):
-            started = time.perf_counter()
-            sums = task.train_epoch(model, optimizer, generator, lambda logits, y, idx: F.cross_entropy(logits, y))
-            epoch += 1
-            record = task.record_epoch(epoch, model, optimizer, *sums, started, stage=0.0, stage_epoch=float(e))
-            if record.val_acc > best_val:
-                best_val, best_state = record.val_acc, model_state(model)
-            scheduler.step()
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        epoch = ce_warmup_keep_best(task, model, optimizer, generator, n_warm, first_epoch=epoch, scheduler=scheduler)
         task.history.stage_seconds["warmup"] = time.perf_counter() - started_stage
 
         # --- estimate: HOC on frozen features -------------------------------------------------

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from echobench.errors import EchobenchError
 from echobench.methods import Method, register_method, uses_cifar100_defaults
 
-from .stages import model_state, scaled_epochs, scaled_milestones
+from .stages import ce_warmup_keep_best, model_state, scaled_epochs, scaled_milestones
 
 STAGES = ("warmup", "reweight", "revision")
 PAPER_LR = 0.1  # the paper protocol's SGD learning rate, the base the official rates are read against
@@ -190,16 +190,7 @@ class TRevision(Method):
                                         weight_decay=task.protocol.weight_decay)
         else:
             optimizer = task.new_optimizer(model.parameters())
-        best_val, best_state = -1.0, None
-        for e in range(1, n_warm + 1):
-            started = time.perf_counter()
-            sums = task.train_epoch(model, optimizer, generator, lambda logits, y, idx: F.cross_entropy(logits, y))
-            epoch += 1
-            record = task.record_epoch(epoch, model, optimizer, *sums, started, stage=0.0, stage_epoch=float(e))
-            if record.val_acc > best_val:
-                best_val, best_state = record.val_acc, model_state(model)
-        if best_state is not None:  # None only when every validation accuracy was NaN
-            model.load_state_dict(best_state)
+        epoch = ce_warmup_keep_best(task, model, optimizer, generator, n_warm, first_epoch=epoch)
         probs = torch.softmax(task.predict(model, task.train), dim=1)
         T = estimate_transition(probs, percentile=p.anchor_percentile).to(task.device)
         self.transition = T.detach().cpu()
