@@ -199,7 +199,6 @@ class Params:
             raise EchobenchError(f"identifiability: feature_space must be 'warmup' or 'pixels', got {self.feature_space!r}")
 
 
-
 def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
     """Epochs of each training stage under a protocol of `protocol_epochs` epochs (module docstring)."""
     out = {"warmup": scaled_epochs(params.warmup_epochs, params, protocol_epochs),
@@ -207,7 +206,6 @@ def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
     if min(out.values()) < 1:
         raise EchobenchError(f"identifiability: every stage needs at least one epoch, got {out}")
     return out
-
 
 
 @torch.no_grad()

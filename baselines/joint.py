@@ -141,7 +141,6 @@ class Params:
             raise EchobenchError(f"joint: lr_source must be 'protocol' or 'official', got {self.lr_source!r}")
 
 
-
 def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
     """Epochs of each stage, and the scaled label-update start and window, under a protocol of
     `protocol_epochs` epochs (the rule in the module docstring)."""
@@ -152,7 +151,6 @@ def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
     if min(out.values()) < 1:
         raise EchobenchError(f"joint: stage lengths, begin_epoch and window must be ≥ 1, got {out}")
     return out
-
 
 
 @register_method("joint")

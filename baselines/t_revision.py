@@ -149,7 +149,6 @@ class Params:
             raise EchobenchError(f"t-revision: lr_source must be 'protocol' or 'official', got {self.lr_source!r}")
 
 
-
 def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
     """Epochs of each stage under a protocol of `protocol_epochs` epochs (the rule in the docstring)."""
     out = {"warmup": scaled_epochs(params.warmup_epochs, params, protocol_epochs),
@@ -158,7 +157,6 @@ def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
     if min(out.values()) < 1:
         raise EchobenchError(f"t-revision: every stage needs at least one epoch, got {out}")
     return out
-
 
 
 @register_method("t-revision")
