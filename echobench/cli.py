@@ -30,6 +30,14 @@ EXAMPLES = {
     "bench": """examples:
   echobench bench knn                             # 50,000 × 512 random features, k = 10, faiss vs torch
   echobench bench knn --n 2000 --dim 32 --json""",
+    "modify": """examples:
+  echobench modify shapes --noise instance:0.5 --seed 1           # procedural EchoMod, cached
+  echobench modify cifar10 --noise symmetric:0.3 --seed 1 --device cuda --shard 0/4
+  echobench modify cifar10 --noise pairflip:0.45 --seed 2 --engine-option base_model=/models/sd15 --json""",
+    "select": """examples:
+  echobench select shapes --noise instance:0.5 --seed 1           # separation, Table 4 view, τ sweep, histograms
+  echobench select shapes --noise instance:0.3 --seed 1 --peers small-loss bltm simifeat confident-learning
+  echobench select cifar10 --noise instance:0.3 --seed 1 --device cuda --extractor-option pretrained=openai --json""",
     "doctor": """examples:
   echobench doctor
   echobench doctor --json""",
@@ -55,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds")
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--data-root", help="dataset cache directory (default: $ECHOBENCH_DATA or ~/.cache/echobench)")
+    run.add_argument("--cache-dir", help="EchoMod's cache of modified images (default: $ECHOBENCH_CACHE or DATA_ROOT/echomod)")
     run.add_argument("--force", action="store_true", help="recompute cells that already have a result")
     run.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"], help="accuracy to tabulate")
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
@@ -62,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ls = add("ls", "List registered datasets, noises, methods, selectors, suites, protocols or models.")
-    ls.add_argument("what", choices=["datasets", "noises", "methods", "selectors", "suites", "protocols", "models"])
+    ls = add("ls", "List registered datasets, noises, methods, selectors, suites, protocols, models, engines or extractors.")
+    ls.add_argument("what", choices=["datasets", "noises", "methods", "selectors", "suites", "protocols", "models",
+                                     "engines", "extractors"])
     ls.add_argument("--json", action="store_true")
 
     report = add("report", "Tabulate a results directory: methods × noise settings, mean ± std over seeds.")
@@ -91,6 +101,38 @@ def _parser() -> argparse.ArgumentParser:
     knn.add_argument("--seed", type=int, default=0)
     knn.add_argument("--threads", type=int, help="torch/faiss CPU threads in each child (default: their own)")
     knn.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+
+    def setting(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("dataset", help="a registered dataset (shapes, cifar10, cifar100, cifar10n, cifar100n)")
+        cmd.add_argument("--noise", required=True, help="KIND:RATE (symmetric:0.5, pairflip:0.45, instance:0.3) or human:SET")
+        cmd.add_argument("--seed", type=int, default=1, help="the run seed: noisy labels and split (default: 1)")
+        cmd.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a dataset loader option, e.g. n_train=4000 (default for shapes: the demo's n_train=4000 n_test=1000)")
+        cmd.add_argument("--protocol", default="demo", help="the protocol whose validation split is used (default: demo)")
+        cmd.add_argument("--engine", default="", help="EchoMod engine (default: procedural for shapes, eager elsewhere)")
+        cmd.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="an engine option, e.g. base_model=/path/to/sd15 or steps=20")
+        cmd.add_argument("--base-seed", type=int, default=0, help="EchoMod's own seed (part of the cache key; default 0)")
+        cmd.add_argument("--batch-size", type=int, default=64, help="images per generation batch (default: 64)")
+        cmd.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+        cmd.add_argument("--data-root", help="dataset cache directory (default: $ECHOBENCH_DATA or ~/.cache/echobench)")
+        cmd.add_argument("--cache-dir", help="EchoMod cache (default: $ECHOBENCH_CACHE or DATA_ROOT/echomod)")
+        cmd.add_argument("--json", action="store_true", help="print JSON instead of text")
+        cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    modify = add("modify", "Run EchoMod alone: generate (or find cached) the modified training images of a setting.")
+    setting(modify)
+    modify.add_argument("--shard", help="i/n: only the cache shards with number %% n == i (split generation over n workers)")
+
+    select = add("select", "Run EchoSelect alone and measure it: precision, recall, AUROC, KS, Table 4 view, τ sweep, histograms.")
+    setting(select)
+    select.add_argument("--extractor", default="", help="feature extractor (default: shapes-hog for shapes, open_clip elsewhere)")
+    select.add_argument("--extractor-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extractor option, e.g. pretrained=openai")
+    select.add_argument("--tau", type=float, help="threshold in [-1, 1] (default: 0.4 at 30%% noise, 0.52 at 45-50%%)")
+    select.add_argument("--strict", action="store_true", help="keep S > τ (the released code) instead of S ≥ τ")
+    select.add_argument("--peers", nargs="*", default=[], help="peer selectors for the Table 4 view (`echobench ls selectors`)")
+    select.add_argument("--out", help="directory for select.json, select.md and the PNG figures (default: runs/select/DATASET-NOISE-seedS)")
 
     doctor = add("doctor", "Show installed extras, devices and cache locations.")
     doctor.add_argument("--json", action="store_true")
@@ -143,7 +185,7 @@ def cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     outcome = run_suite(suite, out, device=device, seeds=args.seeds, force=args.force,
-                        data_root=args.data_root, progress=not args.no_progress)
+                        data_root=args.data_root, progress=not args.no_progress, cache_dir=args.cache_dir)
     wall = time.perf_counter() - started
     failed = len(outcome.failed)
     doc = write_reports(out, args.metric) if len(outcome.failed) < len(cells) else None
@@ -165,6 +207,8 @@ def cmd_run(args) -> int:
 
 def cmd_ls(args) -> int:
     from .datasets import DATASETS
+    from .echomod import ENGINES
+    from .features import EXTRACTORS
     from .methods import METHODS
     from .models import MODELS
     from .noise import NOISES
@@ -173,7 +217,8 @@ def cmd_ls(args) -> int:
     from .suite import SUITES, load_suite
 
     registry = {"datasets": DATASETS, "noises": NOISES, "methods": METHODS, "selectors": SELECTORS,
-                "suites": SUITES, "protocols": PROTOCOLS, "models": MODELS}[args.what]
+                "suites": SUITES, "protocols": PROTOCOLS, "models": MODELS, "engines": ENGINES,
+                "extractors": EXTRACTORS}[args.what]
     names = registry.names()
     details = {n: load_suite(n).description for n in names} if args.what == "suites" else {}
     if args.json:
@@ -220,6 +265,72 @@ def cmd_bench(args) -> int:
     return 1 if any("error" in r for r in doc["backends"].values()) else 0
 
 
+def _key_values(items: list[str], what: str) -> dict:
+    """KEY=VALUE strings → a dict; values parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EchobenchError(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _setting(args):
+    from .echoalign import EchoAlignParams
+    from .environment import resolve_device
+    from .selection_report import setting_task
+
+    options = _key_values(args.dataset_option, "--dataset-option")
+    if args.dataset == "shapes" and not options:
+        options = {"n_train": 4000, "n_test": 1000}
+    if args.batch_size < 1:
+        raise EchobenchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    task, clean = setting_task(args.dataset, options, args.noise, args.seed, protocol=args.protocol,
+                               device=resolve_device(args.device), data_root=args.data_root, cache_dir=args.cache_dir)
+    extra = {}
+    if getattr(args, "extractor", None) is not None:
+        extra = {"extractor": args.extractor, "extractor_options": _key_values(args.extractor_option, "--extractor-option"),
+                 "tau": args.tau, "strict": args.strict}
+    params = EchoAlignParams(engine=args.engine, engine_options=_key_values(args.engine_option, "--engine-option"),
+                             base_seed=args.base_seed, generation_batch_size=args.batch_size, **extra)
+    return task, clean, params
+
+
+def cmd_modify(args) -> int:
+    from .selection_report import modify_setting, parse_shard
+
+    shard = parse_shard(args.shard)
+    task, _, params = _setting(args)
+    doc = modify_setting(task, params, shard=shard, progress=not args.no_progress)
+    doc = {"dataset": args.dataset, "noise": args.noise, "seed": args.seed, **doc}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        rate = f", {doc['new_per_second']} new pairs/s" if doc["new_per_second"] else ""
+        print(f"EchoMod {args.dataset} {args.noise} seed {args.seed} (shard {doc['shard']}): {doc['pairs']} pairs, "
+              f"{doc['new']} new, {doc['from_cache']} from the cache, in {doc['seconds']:.1f} s{rate}. Cache: {doc['cache_dir']}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .echoselect import check_tau
+    from .selection_report import dump, format_select_report, select_report
+    from .selectors import SELECTORS
+
+    if args.tau is not None:
+        check_tau(args.tau)
+    for name in args.peers:
+        SELECTORS.get(name)  # unknown names fail before any work
+    out = Path(args.out or Path("runs") / "select" / f"{args.dataset}-{args.noise.replace(':', '')}-seed{args.seed}")
+    task, clean, params = _setting(args)
+    doc = select_report(task, clean, params, peers=args.peers, out_dir=out, progress=not args.no_progress)
+    print(dump(doc) if args.json else format_select_report(doc))
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report, format_doctor
 
@@ -229,7 +340,7 @@ def cmd_doctor(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "noise": cmd_noise, "bench": cmd_bench,
-            "doctor": cmd_doctor}
+            "modify": cmd_modify, "select": cmd_select, "doctor": cmd_doctor}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ METHODS.add("joint", "baselines.joint:JointOptimization")
 METHODS.add("co-teaching", "baselines.co_teaching:CoTeaching")
 METHODS.add("sigua", "baselines.sigua:Sigua")
 METHODS.add("co-dis", "baselines.co_dis:CoDis")
+METHODS.add("echoalign", "echobench.echoalign:EchoAlign")
+METHODS.add("echoalign-released", "echobench.echoalign:EchoAlignReleased")
+METHODS.add("im-only", "echobench.echoalign:ModificationOnly")
+METHODS.add("echoselect-only", "echobench.echoalign:SelectionOnly")
 
 CIFAR100_LIKE = ("cifar100", "cifar100n")
 

@@ -20,6 +20,7 @@ import numpy as np
 from .datasets import Dataset, load_dataset
 from .errors import EchobenchError
 from .methods import METHODS
+from .modcache import cache_root
 from .noise import NoiseSpec, NoisyLabels, realized_rate, split_train_val
 from .protocols import Protocol
 from .seeding import numpy_rng
@@ -51,7 +52,8 @@ def make_noisy_labels(spec: RunSpec, dataset: Dataset) -> NoisyLabels:
     )
 
 
-def build_task(spec: RunSpec, dataset: Dataset, noisy: NoisyLabels, device: str, on_epoch=None):
+def build_task(spec: RunSpec, dataset: Dataset, noisy: NoisyLabels, device: str, on_epoch=None,
+               data_root: str | None = None, cache_dir: str | None = None):
     import torch
 
     from .trainer import DeviceSplit, History, Normalizer, Task, channel_stats
@@ -76,16 +78,18 @@ def build_task(spec: RunSpec, dataset: Dataset, noisy: NoisyLabels, device: str,
         noise_rate=noise.rate if noise.kind != "human" else noisy.realized_rate,
         normalizer=Normalizer(mean, std, dev),
         history=History(on_epoch),
+        dataset_options=dict(spec.dataset_options),
+        cache_dir=str(cache_root(cache_dir, data_root)),
     ), (train_idx, val_idx)
 
 
 def run_cell(spec: RunSpec, device: str = "cpu", data_root: str | None = None,
-             on_epoch: Callable | None = None) -> dict:
+             on_epoch: Callable | None = None, cache_dir: str | None = None) -> dict:
     """Run one cell in this process and return its result (metrics, noise facts, curves, timings)."""
     started = time.perf_counter()
     dataset = get_dataset(spec.dataset, spec.dataset_options, data_root)
     noisy = make_noisy_labels(spec, dataset)
-    task, (train_idx, val_idx) = build_task(spec, dataset, noisy, device, on_epoch)
+    task, (train_idx, val_idx) = build_task(spec, dataset, noisy, device, on_epoch, data_root, cache_dir)
     prepared = time.perf_counter()
     method_cls = METHODS.get(spec.method)
     method = method_cls(method_cls.resolve_params(spec.dataset, spec.method_params))
@@ -119,7 +123,8 @@ class SuiteOutcome:
 
 
 def run_suite(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list[int] | None = None,
-              force: bool = False, data_root: str | None = None, progress: bool = True) -> SuiteOutcome:
+              force: bool = False, data_root: str | None = None, progress: bool = True,
+              cache_dir: str | None = None) -> SuiteOutcome:
     from tqdm.auto import tqdm
 
     from .environment import environment
@@ -154,7 +159,7 @@ def run_suite(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list
             epochs = tqdm(total=spec.protocol["epochs"], desc=label, unit="epoch", leave=False,
                           disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
             try:
-                result = run_cell(spec, device, data_root, on_epoch=lambda r: (
+                result = run_cell(spec, device, data_root, cache_dir=cache_dir, on_epoch=lambda r: (
                     epochs.update(1), epochs.set_postfix(test=f"{r.test_acc:.3f}", val=f"{r.val_acc:.3f}")))
                 store.write(rid, "result.json", {"run_id": rid, **result})
                 outcome.computed.append(rid)

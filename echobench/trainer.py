@@ -170,6 +170,8 @@ class Task:
     noise_rate: float  # the nominal rate (methods such as Co-teaching use it as their forget rate)
     normalizer: Normalizer
     history: History
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # the loader options: part of EchoMod's cache key
+    cache_dir: str | None = None  # EchoMod's cache root (None: $ECHOBENCH_CACHE or <data root>/echomod)
 
     # --- building blocks for a method's own loop -------------------------------------------------
     def generator(self, stream: str) -> torch.Generator:

@@ -1,0 +1,592 @@
+"""EchoMod with Stable Diffusion 1.5 + a canny ControlNet, on the diffusers components.
+
+The paper's recipe (§4, Algorithm 1; appendix C "Hyperparameter settings"): ControlNet with the Canny
+preprocessor, low = high threshold = 75, control map and generated image 512×512, the prompt
+"a photo of {label}" with no additional or negative prompt, 20 diffusion steps, mixed precision.
+The paper does not state the scheduler, guidance scale or seeds; the defaults here are the diffusers
+ControlNet documentation's standard recipe (`StableDiffusionControlNetPipeline` with
+`UniPCMultistepScheduler`, 20 steps, guidance 7.5, `controlnet_conditioning_scale` 1.0, canny via
+`cv2.Canny` on the RGB image, stacked to three channels). The authors' released code has no EchoMod
+(it loads pre-generated images) but resizes the generated images back to 32×32 with PIL's default
+filter, which is bicubic for RGB: so does `generate`.
+
+Per batch, `DiffusionEchoMod` does what that pipeline does, in the same order and with the same
+random numbers, so that its output equals the pipeline's (tests/test_echomod_diffusion.py checks it):
+
+1. each original image is upscaled to `resolution`² (PIL bicubic) and its canny edges (three equal
+   channels, values 0 or 1, as diffusers' control-image processor gives them) are the control image;
+2. the text embeddings of "a photo of {class}" and of the empty unconditional prompt come from a cache
+   filled once per class (the pipeline re-encodes the prompts of every batch);
+3. the initial latents come from one `torch.Generator` per sample, seeded with that sample's seed,
+   through diffusers' own `randn_tensor` with a list of generators (each sample's noise is drawn on
+   its own, on the CPU), so a sample's output never depends on the batch it is in or on the device;
+4. the scheduler loop: classifier-free guidance as one doubled batch (unconditional half first), one
+   `engine.denoise` call per step (ControlNet + UNet, see `engines/base.py`), guidance, scheduler step;
+5. VAE decode to [0, 1], rounded to uint8 as diffusers does, resized back to the dataset resolution.
+
+Deliberate differences from the pipeline: underscores in class names become spaces in the prompt
+("aquarium_fish" → "a photo of aquarium fish"); the scheduler is told its begin index, which skips the
+`nonzero().item()` look-up of the first step (same index, no host synchronisation); guess mode is not
+supported (the canny ControlNet does not use it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import EchobenchError
+from .registry import closest
+
+# Scheduler names → diffusers classes. "pndm" is Stable Diffusion 1.5's own; "unipc" the ControlNet
+# documentation's choice.
+SCHEDULERS = {
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+
+# Options of the eager engine that are not DiffusionConfig fields (see engines/eager/config.py).
+EAGER_OPTIONS = {"channels_last": None}
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Everything that defines EchoMod's sampling; defaults follow the paper (appendix C) and, where
+    it is silent, the diffusers ControlNet documentation.
+
+    `base_model` and `controlnet` are Hugging Face hub ids or local directories (a diffusers folder
+    with unet/, vae/, text_encoder/, tokenizer/, scheduler/; a ControlNet folder with config.json).
+    `dtype`: "auto" is float16 on a GPU (the paper's mixed precision) and float32 on a CPU.
+    `batch_size` changes only speed and memory, never the images.
+    """
+
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    controlnet: str = "lllyasviel/sd-controlnet-canny"
+    resolution: int = 512
+    canny_low: int = 75
+    canny_high: int = 75
+    prompt_template: str = "a photo of {}"
+    negative_prompt: str = ""
+    steps: int = 20
+    scheduler: str = "unipc"
+    guidance_scale: float = 7.5
+    controlnet_conditioning_scale: float = 1.0
+    batch_size: int = 8
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.resolution <= 0 or self.resolution % 8:
+            problems.append(f"resolution must be a positive multiple of 8 (got {self.resolution})")
+        if not (0 <= self.canny_low <= 255 and 0 <= self.canny_high <= 255):
+            problems.append(f"canny thresholds must lie in [0, 255] (got {self.canny_low}, {self.canny_high})")
+        if self.prompt_template.count("{}") != 1:
+            problems.append(f"prompt_template needs exactly one '{{}}' for the class name (got {self.prompt_template!r})")
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1 (got {self.steps})")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"unknown scheduler {self.scheduler!r}; known: {', '.join(SCHEDULERS)}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if problems:
+            raise EchobenchError("EchoMod diffusion config: " + "; ".join(problems))
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "DiffusionConfig":
+        """Defaults overridden by `options` (field name → value; strings from a command line are
+        converted to the field's type). Unknown names are an EchobenchError listing the known ones."""
+        known = {f.name: f.default for f in dataclasses.fields(cls)}
+        check_option_names(options, known)
+        return cls(**{name: coerce_option(name, value, known[name]) for name, value in options.items()})
+
+
+def check_option_names(options: dict[str, Any], known: dict[str, Any]) -> None:
+    """EchobenchError for option names not in `known`, with suggestions and the full list."""
+    unknown = [name for name in options if name not in known]
+    if not unknown:
+        return
+    hints = [h for name in unknown for h in closest(name, list(known), n=1)]
+    did_you_mean = f" Did you mean {', '.join(repr(h) for h in hints)}?" if hints else ""
+    raise EchobenchError(
+        f"unknown EchoMod engine option(s) {', '.join(repr(u) for u in unknown)}.{did_you_mean} "
+        f"Known options: {', '.join(sorted(known))}."
+    )
+
+
+def coerce_option(name: str, value: Any, default: Any) -> Any:
+    """`value` as the type of `default` (bool/int/float/str); None defaults (tri-state booleans)
+    accept true/false/auto. Command-line options arrive as strings."""
+    try:
+        if default is None or isinstance(default, bool):
+            return _parse_bool(value, allow_auto=default is None)
+        if isinstance(default, int):
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = "true/false/auto" if default is None else type(default).__name__
+        raise EchobenchError(f"EchoMod engine option {name}: expected {kind}, got {value!r}") from None
+
+
+def _parse_bool(value: Any, allow_auto: bool) -> bool | None:
+    if isinstance(value, bool) or (value is None and allow_auto):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    if allow_auto and text in ("auto", "none", ""):
+        return None
+    raise ValueError(value)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_components(config: DiffusionConfig, device: str, dtype):
+    """The Stable Diffusion modules of `config.base_model` and the ControlNet of `config.controlnet`
+    via `from_pretrained`, in `dtype` (a torch dtype) on `device`, in eval mode.
+
+    A checkpoint that is neither a local directory nor in the Hugging Face cache (and cannot be
+    downloaded, e.g. offline) is an EchobenchError that names it, the cache directory in use and how
+    to pass a local directory instead.
+    """
+    import diffusers
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from engines.base import Components
+
+    base, control = _checkpoint_path(config.base_model, "base_model"), _checkpoint_path(config.controlnet, "controlnet")
+    weights = {"torch_dtype": dtype, **_low_memory_kwargs()}
+    tokenizer = _load("tokenizer", base, lambda: CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"))
+    _check_tokenizer(tokenizer, base)
+    # transformers renamed torch_dtype → dtype; casting after loading works with every version.
+    text_encoder = _load("text encoder", base, lambda: CLIPTextModel.from_pretrained(base, subfolder="text_encoder"))
+    text_encoder = text_encoder.to(dtype=dtype)
+    unet = _load("UNet", base, lambda: diffusers.UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights))
+    vae = _load("VAE", base, lambda: diffusers.AutoencoderKL.from_pretrained(base, subfolder="vae", **weights))
+    scheduler = _load("scheduler", base, lambda: _checkpoint_scheduler(base))
+    controlnet = _load("ControlNet", control, lambda: diffusers.ControlNetModel.from_pretrained(control, **weights))
+    for module in (text_encoder, unet, vae, controlnet):
+        module.to(device).eval()
+    return Components(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
+                      tokenizer=tokenizer, scheduler=scheduler)
+
+
+def _checkpoint_path(ident: str, option: str) -> str:
+    """`ident` with ~ expanded; a path-like value that is not a directory is an error right away
+    (otherwise the hub would be asked for a repository called "/some/path")."""
+    expanded = os.path.expanduser(ident)
+    if os.path.isdir(expanded):
+        return expanded
+    if expanded.startswith((os.sep, ".")) or expanded.count("/") > 1 or (os.altsep and os.altsep in expanded):
+        raise EchobenchError(f"{option}: {ident!r} looks like a local path but is not a directory")
+    return ident
+
+
+def _low_memory_kwargs() -> dict[str, Any]:
+    """diffusers warns on every load when accelerate is missing unless low_cpu_mem_usage is off."""
+    import importlib.util
+
+    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+
+
+def _checkpoint_scheduler(base: str):
+    """The checkpoint's scheduler in its own class (model_index.json's choice, e.g. PNDM for SD 1.5)."""
+    import diffusers
+
+    config = diffusers.DDIMScheduler.load_config(base, subfolder="scheduler")
+    cls = getattr(diffusers, str(config.get("_class_name")), None) or diffusers.PNDMScheduler
+    return cls.from_config(config)
+
+
+def _check_tokenizer(tokenizer, base: str) -> None:
+    """transformers 5 returns an empty tokenizer instead of failing when the files are missing; a
+    byte-level BPE vocabulary has at least the 256 byte symbols."""
+    if len(tokenizer) < 256:
+        raise _missing_checkpoint("tokenizer", base, f"no tokenizer files found (vocabulary of {len(tokenizer)})")
+
+
+def _load(what: str, ident: str, load: Callable[[], Any]) -> Any:
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return load()
+    except (OSError, HFValidationError) as error:  # hub errors are OSError subclasses
+        raise _missing_checkpoint(what, ident, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) from error
+
+
+def _missing_checkpoint(what: str, ident: str, reason: str) -> EchobenchError:
+    from huggingface_hub import constants
+
+    if os.path.isdir(ident):
+        return EchobenchError(f"cannot load the {what} from the local directory {ident!r}: {reason}")
+    offline = " and the hub is offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+    return EchobenchError(
+        f"cannot load the {what} of {ident!r} ({reason}): it is not a local directory and not in the "
+        f"Hugging Face cache in use ({constants.HF_HUB_CACHE}){offline}. Download it once where the hub "
+        "can be reached (it is then found in that cache), or pass a local directory path as "
+        "base_model/controlnet (base_model: a diffusers folder with unet/, vae/, text_encoder/, "
+        "tokenizer/, scheduler/; controlnet: a folder with config.json and the weights)."
+    )
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class called `name` in `SCHEDULERS`."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise EchobenchError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[name])
+
+
+# ------------------------------------------------------------------------------------------ EchoMod
+
+
+def prompt_for(template: str, class_name: str) -> str:
+    """'a photo of {label}' (paper §4) with the class name written as words."""
+    return template.format(class_name.replace("_", " "))
+
+
+def control_images(images: np.ndarray, resolution: int, low: int, high: int) -> np.ndarray:
+    """Canny control images (N, 3, R, R) float32 with values 0 or 1 from uint8 (N, H, W, 3) images.
+
+    As in the diffusers ControlNet documentation: the RGB image goes to `cv2.Canny` (which takes the
+    strongest gradient over the channels), the edge map is stacked to three channels, and the control
+    image processor scales it to [0, 1]. The image is first upscaled to the generation resolution
+    with PIL bicubic (appendix C: "the feature maps output by the preprocessor ... 512×512").
+    """
+    import cv2
+    from PIL import Image
+
+    out = np.empty((len(images), 3, resolution, resolution), dtype=np.float32)
+    for k, image in enumerate(images):
+        big = np.asarray(Image.fromarray(image).resize((resolution, resolution), Image.Resampling.BICUBIC))
+        edges = cv2.Canny(np.ascontiguousarray(big), low, high)
+        out[k] = (edges.astype(np.float32) / 255.0)[None]
+    return out
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """[0, 1] floats → uint8 by rounding, as diffusers' `numpy_to_pil` does."""
+    return (pixels * 255).round().astype(np.uint8)
+
+
+def resize_back(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 NHWC images resized with PIL bicubic (the released code's PIL default for RGB)."""
+    from PIL import Image
+
+    if images.shape[1:3] == (height, width):
+        return images
+    return np.stack([np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BICUBIC))
+                     for img in images])
+
+
+class PromptEmbeddings:
+    """Text-encoder outputs of each class prompt and of the unconditional prompt, computed once.
+
+    Each prompt is encoded on its own (a batch of one), as diffusers' `encode_prompt` tokenizes it:
+    padded to the tokenizer's `model_max_length`, truncated, the attention mask passed only when the
+    text encoder's config asks for it, the last hidden state cast to the text encoder's dtype. Encoding
+    one prompt at a time keeps the numbers independent of which classes a batch holds.
+    """
+
+    def __init__(self, components, prompts: list[str], negative_prompt: str, device):
+        self.text_encoder = components.text_encoder
+        self.tokenizer = components.tokenizer
+        self.prompts = prompts
+        self.negative_prompt = negative_prompt
+        self.device = device
+        self._cache: dict[int, Any] = {}
+        self._unconditional = None
+
+    def _encode(self, text: str):
+        import torch
+
+        tokens = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        with torch.inference_mode():
+            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return hidden.to(dtype=self.text_encoder.dtype)
+
+    def conditional(self, label: int):
+        if label not in self._cache:
+            self._cache[label] = self._encode(self.prompts[label])
+        return self._cache[label]
+
+    def unconditional(self):
+        if self._unconditional is None:
+            self._unconditional = self._encode(self.negative_prompt)
+        return self._unconditional
+
+    def batch(self, labels: np.ndarray, guidance: bool):
+        """(2B, L, D) unconditional then conditional embeddings (B, L, D without guidance)."""
+        import torch
+
+        cond = torch.cat([self.conditional(int(y)) for y in labels])
+        if not guidance:
+            return cond
+        return torch.cat([self.unconditional().expand(len(labels), -1, -1), cond])
+
+
+class DiffusionEchoMod:
+    """The EchoMod generator (a `Modifier`) on diffusers components and a `DenoiserEngine`.
+
+    `progress(done, total)`, when given, is called after each batch of `generate`.
+    """
+
+    def __init__(self, class_names: list[str], image_size: int, components, engine,
+                 config: DiffusionConfig | None = None, device: str = "cpu",
+                 progress: Callable[[int, int], None] | None = None):
+        import torch
+
+        self.settings = config or DiffusionConfig()
+        self.class_names = list(class_names)
+        self.image_size = int(image_size)
+        self.components = components
+        self.engine = engine
+        self.device = torch.device(device)
+        self.dtype = components.unet.dtype
+        self.progress = progress
+        self._scheduler_cls = scheduler_class(self.settings.scheduler)
+        prompts = [prompt_for(self.settings.prompt_template, name) for name in self.class_names]
+        self.prompts = PromptEmbeddings(components, prompts, self.settings.negative_prompt, self.device)
+        # diffusers' pipelines: one latent pixel per 2^(number of VAE blocks - 1) image pixels.
+        self._latent_factor = 2 ** (len(components.vae.config.block_out_channels) - 1)
+        engine.load(components)
+
+    def config(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "generator": "controlnet-canny",
+            "base_model": s.base_model, "controlnet": s.controlnet,
+            "scheduler": s.scheduler, "steps": s.steps, "guidance_scale": s.guidance_scale,
+            "controlnet_conditioning_scale": s.controlnet_conditioning_scale,
+            "canny_low": s.canny_low, "canny_high": s.canny_high, "resolution": s.resolution,
+            "prompt_template": s.prompt_template, "negative_prompt": s.negative_prompt,
+            "class_names": self.class_names, "image_size": self.image_size,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "engine": self.engine.name, "engine_config": self.engine.config(),
+            "resize_back": "pil-bicubic",
+        }
+
+    def generate(self, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        images, labels, seeds = self._check(images, labels, seeds)
+        out = np.empty_like(images)
+        height, width = images.shape[1:3]
+        step = self.settings.batch_size
+        for start in range(0, len(images), step):
+            part = slice(start, start + step)
+            pixels = self.generate_pixels(images[part], labels[part], seeds[part])
+            out[part] = resize_back(to_uint8(pixels), height, width)
+            if self.progress is not None:
+                self.progress(min(start + step, len(images)), len(images))
+        return out
+
+    def generate_pixels(self, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """One batch at the generation resolution: float32 (B, R, R, 3) in [0, 1], exactly what
+        `StableDiffusionControlNetPipeline(..., output_type="np")` returns for the same inputs."""
+        import torch
+
+        s = self.settings
+        control = torch.from_numpy(control_images(images, s.resolution, s.canny_low, s.canny_high))
+        control = control.to(self.device, self.dtype)
+        guidance = s.guidance_scale > 1  # the pipeline's do_classifier_free_guidance
+        text = self.prompts.batch(labels, guidance)
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        with torch.inference_mode():
+            latents = self._sample(control, text, generators, guidance)
+            pixels = self.engine.decode(latents)
+            return pixels.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def _sample(self, control, text, generators, guidance: bool):
+        """The denoising loop of `StableDiffusionControlNetPipeline.__call__` (steps 5–8)."""
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        s = self.settings
+        # A fresh scheduler per batch: multistep schedulers keep the previous model outputs.
+        scheduler = self._scheduler_cls.from_config(self.components.scheduler.config)
+        scheduler.set_timesteps(s.steps, device=self.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        size = s.resolution // self._latent_factor
+        shape = (len(generators), self.components.unet.config.in_channels, size, size)
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = _step_kwargs(scheduler, generators)
+        if guidance:
+            control = torch.cat([control] * 2)
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if guidance else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise = self.engine.denoise(model_input, t, text, control, s.controlnet_conditioning_scale)
+            if guidance:
+                unconditional, conditional = noise.chunk(2)
+                noise = unconditional + s.guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents
+
+    def _check(self, images, labels, seeds):
+        images, labels, seeds = np.asarray(images), np.asarray(labels), np.asarray(seeds)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"EchoMod takes uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
+        if labels.shape != (len(images),) or seeds.shape != (len(images),):
+            raise ValueError(f"need one label and one seed per image: {len(images)} images, "
+                             f"labels {labels.shape}, seeds {seeds.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+            raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got {labels.min()}..{labels.max()}")
+        return images, labels, seeds
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _step_kwargs(scheduler, generators) -> dict[str, Any]:
+    """The pipeline's `prepare_extra_step_kwargs`: eta = 0 for DDIM, and the per-sample generators
+    for schedulers that draw noise in their step (ancestral ones)."""
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    return kwargs
+
+
+def make_eager_modifier(dataset: str, class_names: list[str], image_size: int,
+                        options: dict[str, Any], device: str) -> DiffusionEchoMod:
+    """The "eager" engine's EchoMod: `options` override `DiffusionConfig` fields and the eager
+    engine's `channels_last`; the components are loaded with `from_pretrained`."""
+    from engines.eager import EagerConfig
+    from engines.eager.engine import EagerEngine
+
+    check_option_names(options, {**{f.name: f.default for f in dataclasses.fields(DiffusionConfig)}, **EAGER_OPTIONS})
+    engine_options = {name: coerce_option(name, options[name], EAGER_OPTIONS[name]) for name in EAGER_OPTIONS if name in options}
+    config = DiffusionConfig.from_options({k: v for k, v in options.items() if k not in EAGER_OPTIONS})
+    settings = EagerConfig(dtype=config.dtype, **engine_options).resolve(device)
+    components = load_components(config, device, settings.torch_dtype())
+    return DiffusionEchoMod(class_names, image_size, components, EagerEngine(settings), config, device=device)
+
+
+# ------------------------------------------------------------------------ tiny random checkpoint
+
+# Stable Diffusion 1.5's scheduler/scheduler_config.json (the scheduler the checkpoint ships).
+SD15_SCHEDULER_CONFIG = {
+    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False, "trained_betas": None,
+}
+TINY_RESOLUTION = 32  # 16×16 latents: the tiny VAE has two blocks (factor 2)
+TINY_WORDS = ("a", "photo", "of")  # words given BPE merges in the tiny vocabulary
+
+
+def tiny_components(seed: int = 0):
+    """Small randomly initialised SD + ControlNet modules (the shapes of diffusers' own ControlNet
+    pipeline tests, widened to block_out_channels (32, 64)) and a locally built CLIP tokenizer.
+
+    Nothing is downloaded. Run them at `TINY_RESOLUTION` (any multiple of 8 works). The global torch
+    random state is left as it was.
+    """
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engines.base import Components
+
+    tokenizer = tiny_tokenizer()
+    blocks = {"block_out_channels": (32, 64), "layers_per_block": 2, "cross_attention_dim": 32,
+              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"), "in_channels": 4}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = diffusers.UNet2DConditionModel(
+            **blocks, sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        torch.manual_seed(seed + 1)
+        controlnet = diffusers.ControlNetModel(**blocks, conditioning_embedding_out_channels=(16, 32))
+        torch.manual_seed(seed + 2)
+        vae = diffusers.AutoencoderKL(
+            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        torch.manual_seed(seed + 3)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=5, max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+    scheduler = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    modules = (unet, controlnet, vae, text_encoder)
+    for module in modules:
+        module.eval()
+    return Components(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
+                      tokenizer=tokenizer, scheduler=scheduler)
+
+
+def tiny_tokenizer():
+    """A CLIP tokenizer from a vocab.json / merges.txt written here: the 256 byte-level symbols, each
+    also as a word end ("</w>"), merges spelling out `TINY_WORDS`, and CLIP's two special tokens."""
+    from transformers import CLIPTokenizer
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {token: i for i, token in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges = []
+    for word in TINY_WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:  # merge left to right: p h → ph, ph o → pho, ...
+            merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1]] + parts[2:]
+            vocab.setdefault(parts[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+        Path(folder, "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
+        return CLIPTokenizer.from_pretrained(folder)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte → printable character table used by byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(table.items()))
+
+
+def save_tiny_checkpoint(path: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+    """Write `tiny_components(seed)` with `save_pretrained` in the layouts the real checkpoints use:
+    `path/stable-diffusion` (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)
+    and `path/controlnet`. Returns the two directories, usable as base_model and controlnet."""
+    import diffusers
+
+    components = tiny_components(seed)
+    base, control = Path(path) / "stable-diffusion", Path(path) / "controlnet"
+    pipeline = diffusers.StableDiffusionPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, scheduler=components.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(base)
+    components.controlnet.save_pretrained(control)
+    return base, control

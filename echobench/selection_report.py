@@ -1,0 +1,206 @@
+"""`echobench modify` and `echobench select`: EchoMod and EchoSelect on one noisy setting, alone.
+
+A setting is (dataset, noise, seed) exactly as a cell of a suite builds it (the same noisy labels and
+train/validation split), so what these commands generate is what the `echoalign` methods read from
+the cache later, and what they measure is what those methods select.
+
+`select` reports, for the training split: how many samples EchoSelect keeps as originals at τ, their
+precision (share whose noisy label is the clean one) and recall (share of the clean samples kept),
+AUROC of S for clean vs noisy and the two-sample Kolmogorov–Smirnov test (paper §4.2, Figure 3); the
+Table 4 view (samples kept at a fixed precision when ranking by S, and by each peer selector's own
+score: small-loss, BLTM, SimiFeat, confident learning); the τ sweep (Figure 4b) and the similarity
+histograms (Figure 3) as PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .echoalign import EchoAlignParams, modify_pairs, resolve_tau, similarity_of_pairs
+from .echoselect import TABLE4_PRECISIONS, plot_histograms, separation, table4_view, tau_sweep
+from .errors import EchobenchError
+from .modcache import SHARD_SIZE
+from .protocols import get_protocol
+from .store import atomic_write_json, atomic_write_text
+from .suite import RunSpec
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' → (i, n) with 0 ≤ i < n; None → (0, 1)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise EchobenchError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise EchobenchError(f"--shard {text}: need 0 ≤ i < n")
+    return i, n
+
+
+def setting_task(dataset: str, dataset_options: dict, noise: str, seed: int, *, protocol: str = "demo",
+                 device: str = "cpu", data_root: str | None = None, cache_dir: str | None = None):
+    """(task, clean training labels aligned with task.train) of a setting, as the runner builds a cell."""
+    from .runner import build_task, get_dataset, make_noisy_labels
+
+    spec = RunSpec(dataset, dict(dataset_options), noise, "echoalign", {}, int(seed), get_protocol(protocol).to_dict())
+    data = get_dataset(dataset, spec.dataset_options, data_root)
+    noisy = make_noisy_labels(spec, data)
+    task, (train_idx, _) = build_task(spec, data, noisy, device, None, data_root, cache_dir)
+    return task, np.asarray(data.train_labels)[train_idx]
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def modify_setting(task, params: EchoAlignParams, *, shard: tuple[int, int] = (0, 1), progress: bool = True) -> dict[str, Any]:
+    """Generate (or find in the cache) EchoMod's outputs for the training split, or one shard of it."""
+    originals = task.train.images.permute(0, 2, 3, 1).cpu().numpy()
+    indices = task.train.indices.cpu().numpy()
+    labels = task.train.labels.cpu().numpy()
+    i, n = shard
+    mine = (indices // SHARD_SIZE) % n == i
+    started = time.perf_counter()
+    with _progress_bar(int(mine.sum()), f"EchoMod {task.dataset}", progress) as bar:
+        _, stats = modify_pairs(task.dataset, task.dataset_options, task.class_names, originals[mine], indices[mine],
+                                labels[mine], engine=params.engine, engine_options=params.engine_options,
+                                base_seed=params.base_seed, device=str(task.device), cache_dir=task.cache_dir,
+                                batch_size=params.generation_batch_size, progress=bar.update)
+        bar.update(bar.total - bar.n)  # pairs served from the cache
+    wall = time.perf_counter() - started
+    return {"pairs": int(mine.sum()), "new": stats.generated, "from_cache": stats.cached,
+            "corrupt_shards_regenerated": stats.corrupt_shards, "seconds": round(wall, 3),
+            "new_per_second": round(stats.generated / wall, 2) if stats.generated and wall > 0 else None,
+            "shard": f"{i}/{n}", "cache_dir": task.cache_dir}
+
+
+def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: list[str] = (),
+                  precisions=TABLE4_PRECISIONS, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """EchoSelect's separation of clean and noisy labels, the Table 4 view, the τ sweep, the figure."""
+    from .selectors import SELECTORS
+
+    originals = task.train.images.permute(0, 2, 3, 1).cpu().numpy()
+    noisy = task.train.labels.cpu().numpy()
+    is_clean = noisy == clean
+    with _progress_bar(len(noisy), f"EchoMod {task.dataset}", progress) as bar:
+        modified, stats = modify_pairs(task.dataset, task.dataset_options, task.class_names, originals,
+                                       task.train.indices.cpu().numpy(), noisy, engine=params.engine,
+                                       engine_options=params.engine_options, base_seed=params.base_seed,
+                                       device=str(task.device), cache_dir=task.cache_dir,
+                                       batch_size=params.generation_batch_size, progress=bar.update)
+        bar.update(bar.total - bar.n)
+    started = time.perf_counter()
+    similarity = similarity_of_pairs(task.dataset, originals, modified, extractor=params.extractor,
+                                     extractor_options=params.extractor_options, device=str(task.device),
+                                     backend=params.similarity)
+    select_s = time.perf_counter() - started
+    tau = resolve_tau(params, task.noise_rate)
+    doc: dict[str, Any] = {
+        "dataset": task.dataset, "noise": f"{task.noise_kind}:{task.noise_rate:g}", "seed": task.seed,
+        "params": dataclasses.asdict(params),
+        "echoselect": separation(similarity, is_clean, tau, strict=params.strict),
+        "table4": {"echoselect": table4_view(similarity, is_clean, precisions)},
+        "peers": {},
+        "tau_sweep": tau_sweep(similarity, is_clean),
+        "cache": stats.as_dict(), "echoselect_seconds": round(select_s, 3),
+    }
+    for name in peers:
+        selector = SELECTORS.get(name)
+        peer_started = time.perf_counter()
+        selection = selector(task)
+        order = {int(i): k for k, i in enumerate(task.train.indices.cpu().numpy())}
+        pos = np.array([order[int(i)] for i in selection.candidates])
+        kept = np.zeros(len(noisy), dtype=bool)
+        kept[[order[int(i)] for i in selection.indices]] = True
+        hits = int((kept & is_clean).sum())
+        doc["peers"][name] = {"n_selected": int(kept.sum()),
+                              "precision": hits / kept.sum() if kept.any() else float("nan"),
+                              "recall": hits / is_clean.sum() if is_clean.any() else float("nan"),
+                              "seconds": round(time.perf_counter() - peer_started, 2)}
+        doc["table4"][name] = table4_view(selection.scores, is_clean[pos], precisions)
+    if out_dir is not None:
+        out = Path(out_dir)
+        figure = out / "similarity_hist.png"
+        plot_histograms(similarity, is_clean, tau, figure,
+                        f"{task.dataset}, {doc['noise']}, seed {task.seed}: S of clean vs noisy labels")
+        sweep = out / "tau_sweep.png"
+        plot_tau_sweep(doc["tau_sweep"], tau, sweep)
+        doc["files"] = {"histogram": str(figure), "tau_sweep": str(sweep), "report": str(out / "select.json")}
+        atomic_write_json(out / "select.json", doc)
+        atomic_write_text(out / "select.md", format_select_report(doc) + "\n")
+    return doc
+
+
+def plot_tau_sweep(rows: list[dict], tau: float, path: Path) -> None:
+    """Figure 4b: precision, recall and kept share of EchoSelect's originals against τ (atomic PNG)."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["tau"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, style in (("precision", "-o"), ("recall", "-s"), ("kept_share", "-^")):
+        ax.plot(t, [r[key] for r in rows], style, markersize=3, label=key.replace("_", " "))
+    ax.axvline(tau, color="k", linestyle="--", label=f"τ = {tau:g}")
+    ax.set_xlabel("τ")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".sweep.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def format_select_report(doc: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    e = doc["echoselect"]
+    lines = [
+        f"EchoSelect on {doc['dataset']} {doc['noise']} seed {doc['seed']} (training split: {e['n']} samples, "
+        f"{e['n_noisy']} with a wrong label)",
+        f"  τ = {e['tau']:g}: kept {e['n_selected']} originals, precision {e['precision']:.4f}, recall {e['recall']:.4f}",
+        f"  mean S: clean {e['similarity_mean_clean']:.3f}, noisy {e['similarity_mean_noisy']:.3f}; "
+        f"AUROC {e['auroc']:.4f}; KS statistic {e['ks_statistic']:.3f}, p-value {e['ks_pvalue']:.3g}",
+        "",
+        "Table 4 view: samples kept at a fixed precision (ranking by each selector's score)",
+    ]
+    precisions = list(next(iter(doc["table4"].values())))
+    rows = [[name, *view.values()] for name, view in doc["table4"].items()]
+    lines.append(tabulate(rows, headers=["selector", *precisions], tablefmt="github"))
+    if doc["peers"]:
+        lines += ["", "Peers' own selections:",
+                  tabulate([[n, p["n_selected"], f"{p['precision']:.4f}", f"{p['recall']:.4f}", p["seconds"]]
+                            for n, p in doc["peers"].items()],
+                           headers=["selector", "selected", "precision", "recall", "seconds"], tablefmt="github")]
+    lines += ["", "τ sweep (Figure 4b):",
+              tabulate([[r["tau"], r["kept"], f"{r['precision']:.4f}", f"{r['recall']:.4f}"] for r in doc["tau_sweep"][::2]],
+                       headers=["τ", "kept", "precision", "recall"], tablefmt="github")]
+    if "files" in doc:
+        lines.append(f"\nFigures and JSON: {doc['files']['histogram']}, {doc['files']['tau_sweep']}, {doc['files']['report']}")
+    return "\n".join(lines)
+
+
+def dump(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, default=float)

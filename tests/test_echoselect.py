@@ -1,0 +1,117 @@
+"""EchoSelect: similarity backends, the selection rule, its analysis and the feature extractors."""
+
+import numpy as np
+import pytest
+
+from echobench.echoselect import (auroc, count_at_precision, default_tau, keep_original, paired_cosine,
+                                  separation, table4_view, tau_sweep)
+from echobench.errors import EchobenchError
+
+
+def test_faiss_and_torch_similarities_agree():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 64)), rng.normal(size=(300, 64))
+    b[:100] = a[:100] * 3.0  # parallel rows: cosine 1 whatever the norm
+    s_faiss, s_torch = paired_cosine(a, b, "faiss"), paired_cosine(a, b, "torch")
+    np.testing.assert_allclose(s_faiss, s_torch, atol=1e-6)
+    np.testing.assert_allclose(s_faiss[:100], 1.0, atol=1e-6)
+    manual = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(s_torch, manual, atol=1e-6)
+
+
+def test_similarity_rejects_mismatched_shapes_and_backends():
+    with pytest.raises(EchobenchError, match="one shape"):
+        paired_cosine(np.zeros((3, 4)), np.zeros((2, 4)))
+    with pytest.raises(EchobenchError, match="backend"):
+        paired_cosine(np.zeros((3, 4)), np.zeros((3, 4)), "annoy")
+
+
+def test_selection_rule_and_tau():
+    s = np.array([0.1, 0.4, 0.52, 0.9])
+    assert keep_original(s, 0.4).tolist() == [False, True, True, True]  # S ≥ τ (paper)
+    assert keep_original(s, 0.4, strict=True).tolist() == [False, False, True, True]  # S > τ (released code)
+    for bad in (1.5, -1.01, float("nan")):
+        with pytest.raises(EchobenchError, match=r"\[-1, 1\]"):
+            keep_original(s, bad)
+    assert default_tau(0.3) == 0.4 and default_tau(0.45) == 0.52 and default_tau(0.5) == 0.52
+    assert default_tau(0.17) == 0.4 and default_tau(0.40) == 0.52
+
+
+def test_auroc_and_precision_counts_by_hand():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    clean = np.array([1, 1, 0, 1, 0, 0], bool)
+    # pairs (clean, noisy) ranked correctly: 0.9 and 0.8 beat all 3 noisy; 0.6 beats 2 of them → 8/9
+    assert auroc(scores, clean) == pytest.approx(8 / 9)
+    assert auroc(np.ones(6), clean) == pytest.approx(0.5)  # ties count one half
+    # top-k precisions: 1, 1, 2/3, 3/4, 3/5, 1/2
+    assert count_at_precision(scores, clean, 0.99) == 2
+    assert count_at_precision(scores, clean, 0.75) == 4
+    assert count_at_precision(scores, clean, 0.5) == 6
+    # ties move together: with the top three tied, precision 2/3 is all a threshold can give
+    tied = np.array([1.0, 1.0, 1.0, 0.5, 0.4, 0.3])
+    assert count_at_precision(tied, clean, 0.9) == 0
+    assert table4_view(scores, clean, (0.99, 0.75)) == {"99%": 2, "75%": 4}
+
+
+def test_separation_and_sweep_on_separable_scores():
+    rng = np.random.default_rng(1)
+    clean = rng.random(2000) < 0.5
+    s = np.where(clean, rng.normal(0.8, 0.05, 2000), rng.normal(0.3, 0.05, 2000))
+    doc = separation(s, clean, 0.52)
+    assert doc["auroc"] > 0.999 and doc["ks_pvalue"] < 1e-10 and doc["precision"] > 0.999 and doc["recall"] > 0.999
+    sweep = tau_sweep(s, clean)
+    assert [r["tau"] for r in sweep][:3] == [0.0, 0.05, 0.1]
+    kept = [r["kept"] for r in sweep]
+    assert kept == sorted(kept, reverse=True)  # a higher τ never keeps more
+
+
+def test_shapes_hog_extractor_is_batch_independent_and_normalised():
+    from echobench.datasets import load_dataset
+    from echobench.features import make_extractor
+
+    data = load_dataset("shapes", n_train=40, n_test=10)
+    fx = make_extractor("shapes-hog")
+    feats = fx.extract(data.train_images)
+    assert feats.shape[0] == 40 and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(fx.extract(data.train_images[5:6]), feats[5:6])
+    with pytest.raises(EchobenchError, match="uint8"):
+        fx.extract(data.train_images.astype(np.float32))
+    with pytest.raises(EchobenchError, match="no option"):
+        make_extractor("shapes-hog", {"cells": 4})
+
+
+def test_unknown_extractor_suggests_a_name():
+    from echobench.features import make_extractor
+
+    with pytest.raises(EchobenchError, match="open_clip"):
+        make_extractor("open-clip")
+
+
+def test_open_clip_extractor_with_random_weights():
+    pytest.importorskip("open_clip")
+    from echobench.features import make_extractor
+
+    fx = make_extractor("open_clip", {"pretrained": "none", "batch_size": 3})
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    feats = fx.extract(images)
+    assert feats.shape == (4, 512)
+    np.testing.assert_allclose(fx.extract(images[2:3]), feats[2:3], atol=1e-4)
+    x = fx.preprocess(__import__("torch").from_numpy(images))
+    assert tuple(x.shape) == (4, 3, 224, 224)
+
+
+def test_open_clip_weights_missing_offline_names_the_fix(monkeypatch, tmp_path):
+    pytest.importorskip("open_clip")
+    from echobench.features import make_extractor
+
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # read at import: set both, no network retries
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(EchobenchError, match="pretrained"):
+        make_extractor("open_clip", {"pretrained": "laion2b_s34b_b79k"})
