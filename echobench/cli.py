@@ -29,7 +29,8 @@ EXAMPLES = {
   echobench noise cifar10n --kind worst --labels-file CIFAR-10_human.pt""",
     "bench": """examples:
   echobench bench knn                             # 50,000 × 512 random features, k = 10, faiss vs torch
-  echobench bench knn --n 2000 --dim 32 --json""",
+  echobench bench knn --n 2000 --dim 32 --json
+  echobench bench echoselect --n 128              # batched EchoSelect vs the released per-image loop""",
     "modify": """examples:
   echobench modify shapes --noise instance:0.5 --seed 1           # procedural EchoMod, cached
   echobench modify cifar10 --noise symmetric:0.3 --seed 1 --device cuda --shard 0/4
@@ -133,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     select.add_argument("--strict", action="store_true", help="keep S > τ (the released code) instead of S ≥ τ")
     select.add_argument("--peers", nargs="*", default=[], help="peer selectors for the Table 4 view (`echobench ls selectors`)")
     select.add_argument("--out", help="directory for select.json, select.md and the PNG figures (default: runs/select/DATASET-NOISE-seedS)")
+
+    sel = bench_sub.add_parser("echoselect", help="EchoSelect (batched) vs the released code's per-image CLIP loop")
+    sel.add_argument("--n", type=int, default=128, help="image pairs (default: 128)")
+    sel.add_argument("--size", type=int, default=32, help="image side in pixels (default: 32, CIFAR)")
+    sel.add_argument("--batch-size", type=int, default=64)
+    sel.add_argument("--pretrained", default="none", help="open_clip tag; none = random weights, same compute (default)")
+    sel.add_argument("--device", default="auto")
+    sel.add_argument("--threads", type=int, help="torch CPU threads")
+    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--json", action="store_true")
 
     doctor = add("doctor", "Show installed extras, devices and cache locations.")
     doctor.add_argument("--json", action="store_true")
@@ -255,6 +266,8 @@ def cmd_noise(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.bench_what == "echoselect":
+        return _bench_echoselect(args)
     from .bench import bench_knn, format_bench_knn
 
     if min(args.n, args.dim, args.k, args.repeats) < 1 or args.k >= args.n:
@@ -328,6 +341,22 @@ def cmd_select(args) -> int:
     task, clean, params = _setting(args)
     doc = select_report(task, clean, params, peers=args.peers, out_dir=out, progress=not args.no_progress)
     print(dump(doc) if args.json else format_select_report(doc))
+    return 0
+
+
+def _bench_echoselect(args) -> int:
+    from .bench_echoselect import bench_echoselect, format_bench_echoselect
+    from .environment import resolve_device
+
+    if min(args.n, args.size, args.batch_size) < 1:
+        raise EchobenchError("--n, --size and --batch-size must be positive")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    doc = bench_echoselect(n=args.n, size=args.size, pretrained=args.pretrained, batch_size=args.batch_size,
+                           device=resolve_device(args.device), seed=args.seed)
+    print(json.dumps(doc, indent=2) if args.json else format_bench_echoselect(doc))
     return 0
 
 

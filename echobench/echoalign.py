@@ -48,7 +48,7 @@ class EchoAlignParams:
     base_seed: int = 0  # EchoMod's seed: part of the cache key, shared by every noise setting and run seed
     extractor: str = ""  # "" → `shapes-hog` on shapes, `open_clip` ViT-B-32 elsewhere
     extractor_options: dict = field(default_factory=dict)
-    tau: float | None = None  # None → 0.4 below 37.5% noise, 0.52 above (the paper's 30% / 45–50% values)
+    tau: float | None = None  # None → the extractor's default: CLIP 0.4 below 37.5% noise, 0.52 above (the paper's)
     strict: bool = False  # S > τ instead of S ≥ τ (the released code)
     similarity: str = "auto"  # faiss | torch | auto
     generation_batch_size: int = 64
@@ -75,8 +75,10 @@ def similarity_of_pairs(dataset: str, originals: np.ndarray, modified: np.ndarra
     return paired_cosine(fx.extract(originals), fx.extract(modified), backend)
 
 
-def resolve_tau(params: EchoAlignParams, noise_rate: float) -> float:
-    return check_tau(default_tau(noise_rate) if params.tau is None else params.tau)
+def resolve_tau(params: EchoAlignParams, noise_rate: float, dataset: str) -> float:
+    if params.tau is not None:
+        return check_tau(params.tau)
+    return default_tau(noise_rate, params.extractor or default_extractor(dataset))
 
 
 @dataclass
@@ -107,7 +109,7 @@ def align_task(task, params: EchoAlignParams) -> Aligned:
     similarity = similarity_of_pairs(task.dataset, originals, modified, extractor=params.extractor,
                                      extractor_options=params.extractor_options, device=str(task.device),
                                      backend=params.similarity)
-    tau = resolve_tau(params, task.noise_rate)
+    tau = resolve_tau(params, task.noise_rate, task.dataset)
     keep = keep_original(similarity, tau, strict=params.strict)
     seconds = {"echomod": generated - started, "echoselect": time.perf_counter() - generated}
     return Aligned(modified, similarity, keep, tau, stats.as_dict(), seconds)

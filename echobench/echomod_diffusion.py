@@ -93,7 +93,8 @@ class DiffusionConfig:
         if not (0 <= self.canny_low <= 255 and 0 <= self.canny_high <= 255):
             problems.append(f"canny thresholds must lie in [0, 255] (got {self.canny_low}, {self.canny_high})")
         if self.prompt_template.count("{}") != 1:
-            problems.append(f"prompt_template needs exactly one '{{}}' for the class name (got {self.prompt_template!r})")
+            problems.append(f"prompt_template needs exactly one '{{}}' for the class name "
+                            f"(got {self.prompt_template!r})")
         if self.steps < 1:
             problems.append(f"steps must be >= 1 (got {self.steps})")
         if self.scheduler not in SCHEDULERS:
@@ -173,17 +174,20 @@ def load_components(config: DiffusionConfig, device: str, dtype):
 
     from engines.base import Components
 
-    base, control = _checkpoint_path(config.base_model, "base_model"), _checkpoint_path(config.controlnet, "controlnet")
+    base = _checkpoint_path(config.base_model, "base_model")
+    control = _checkpoint_path(config.controlnet, "controlnet")
     weights = {"torch_dtype": dtype, **_low_memory_kwargs()}
-    tokenizer = _load("tokenizer", base, lambda: CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"))
-    _check_tokenizer(tokenizer, base)
+    # The small files first, so that a missing checkpoint is reported before gigabytes are read.
+    scheduler = _load("scheduler", base, lambda: _checkpoint_scheduler(base))
+    controlnet = _load("ControlNet", control, lambda: diffusers.ControlNetModel.from_pretrained(control, **weights))
+    unet = _load("UNet", base,
+                 lambda: diffusers.UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights))
+    vae = _load("VAE", base, lambda: diffusers.AutoencoderKL.from_pretrained(base, subfolder="vae", **weights))
     # transformers renamed torch_dtype → dtype; casting after loading works with every version.
     text_encoder = _load("text encoder", base, lambda: CLIPTextModel.from_pretrained(base, subfolder="text_encoder"))
     text_encoder = text_encoder.to(dtype=dtype)
-    unet = _load("UNet", base, lambda: diffusers.UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights))
-    vae = _load("VAE", base, lambda: diffusers.AutoencoderKL.from_pretrained(base, subfolder="vae", **weights))
-    scheduler = _load("scheduler", base, lambda: _checkpoint_scheduler(base))
-    controlnet = _load("ControlNet", control, lambda: diffusers.ControlNetModel.from_pretrained(control, **weights))
+    tokenizer = _load("tokenizer", base, lambda: CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"))
+    _check_tokenizer(tokenizer, base)
     for module in (text_encoder, unet, vae, controlnet):
         module.to(device).eval()
     return Components(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
@@ -230,7 +234,8 @@ def _load(what: str, ident: str, load: Callable[[], Any]) -> Any:
     try:
         return load()
     except (OSError, HFValidationError) as error:  # hub errors are OSError subclasses
-        raise _missing_checkpoint(what, ident, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__) from error
+        lines = str(error).strip().splitlines()
+        raise _missing_checkpoint(what, ident, lines[0] if lines else type(error).__name__) from error
 
 
 def _missing_checkpoint(what: str, ident: str, reason: str) -> EchobenchError:
@@ -238,13 +243,13 @@ def _missing_checkpoint(what: str, ident: str, reason: str) -> EchobenchError:
 
     if os.path.isdir(ident):
         return EchobenchError(f"cannot load the {what} from the local directory {ident!r}: {reason}")
-    offline = " and the hub is offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+    offline = ", and the hub is offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
     return EchobenchError(
-        f"cannot load the {what} of {ident!r} ({reason}): it is not a local directory and not in the "
-        f"Hugging Face cache in use ({constants.HF_HUB_CACHE}){offline}. Download it once where the hub "
-        "can be reached (it is then found in that cache), or pass a local directory path as "
+        f"cannot load the {what} of {ident!r}: it is not a local directory and not in the Hugging Face "
+        f"cache in use ({constants.HF_HUB_CACHE}){offline}. Download it once where the hub can be "
+        "reached (it is then found in that cache), or pass a local directory path as "
         "base_model/controlnet (base_model: a diffusers folder with unet/, vae/, text_encoder/, "
-        "tokenizer/, scheduler/; controlnet: a folder with config.json and the weights)."
+        f"tokenizer/, scheduler/; controlnet: a folder with config.json and the weights). Loader: {reason}"
     )
 
 
@@ -322,7 +327,8 @@ class PromptEmbeddings:
 
         tokens = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = tokens.attention_mask.to(self.device) if use_mask else None
         with torch.inference_mode():
             hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return hidden.to(dtype=self.text_encoder.dtype)
@@ -402,8 +408,9 @@ class DiffusionEchoMod:
         return out
 
     def generate_pixels(self, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        """One batch at the generation resolution: float32 (B, R, R, 3) in [0, 1], exactly what
-        `StableDiffusionControlNetPipeline(..., output_type="np")` returns for the same inputs."""
+        """One batch at the generation resolution: float32 (B, R, R, 3) in [0, 1], what
+        `StableDiffusionControlNetPipeline(..., output_type="np")` returns for the same inputs (to float
+        rounding: the prompts are encoded one at a time here)."""
         import torch
 
         s = self.settings
@@ -480,7 +487,8 @@ def make_eager_modifier(dataset: str, class_names: list[str], image_size: int,
     from engines.eager.engine import EagerEngine
 
     check_option_names(options, {**{f.name: f.default for f in dataclasses.fields(DiffusionConfig)}, **EAGER_OPTIONS})
-    engine_options = {name: coerce_option(name, options[name], EAGER_OPTIONS[name]) for name in EAGER_OPTIONS if name in options}
+    engine_options = {name: coerce_option(name, options[name], default)
+                      for name, default in EAGER_OPTIONS.items() if name in options}
     config = DiffusionConfig.from_options({k: v for k, v in options.items() if k not in EAGER_OPTIONS})
     settings = EagerConfig(dtype=config.dtype, **engine_options).resolve(device)
     components = load_components(config, device, settings.torch_dtype())
@@ -496,7 +504,8 @@ SD15_SCHEDULER_CONFIG = {
     "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False, "trained_betas": None,
 }
 TINY_RESOLUTION = 32  # 16×16 latents: the tiny VAE has two blocks (factor 2)
-TINY_WORDS = ("a", "photo", "of")  # words given BPE merges in the tiny vocabulary
+TINY_WORDS = ("a", "photo", "of")
+ZERO_CONV_STD = 0.3  # see _randomise_zero_convolutions  # words given BPE merges in the tiny vocabulary
 
 
 def tiny_components(seed: int = 0):
@@ -521,6 +530,7 @@ def tiny_components(seed: int = 0):
             **blocks, sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
         torch.manual_seed(seed + 1)
         controlnet = diffusers.ControlNetModel(**blocks, conditioning_embedding_out_channels=(16, 32))
+        _randomise_zero_convolutions(controlnet, std=ZERO_CONV_STD)
         torch.manual_seed(seed + 2)
         vae = diffusers.AutoencoderKL(
             block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
@@ -537,6 +547,19 @@ def tiny_components(seed: int = 0):
         module.eval()
     return Components(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
                       tokenizer=tokenizer, scheduler=scheduler)
+
+
+def _randomise_zero_convolutions(controlnet, std: float) -> None:
+    """A fresh ControlNet's "zero convolutions" (the last layer of the control-image embedding and
+    the output convolutions of its residuals) are zero, so the control image would have no effect at
+    all; diffusers' ControlNet pipeline tests re-initialise them randomly for the same reason."""
+    import torch
+
+    zero = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block]
+    for block in zero:
+        torch.nn.init.normal_(block.weight, std=std)
+        torch.nn.init.normal_(block.bias, std=std)
 
 
 def tiny_tokenizer():

@@ -68,10 +68,12 @@ def check_tau(tau: float) -> float:
     return tau
 
 
-def default_tau(noise_rate: float) -> float:
-    """The paper's thresholds: 0.4 at 30% noise, 0.52 at 45% and 50%; rates in between take the
-    nearer of the two (below 0.375 → 0.4), so CIFAR-10N's ~17% random sets get 0.4 and worst 0.52."""
-    return 0.4 if noise_rate < 0.375 else 0.52
+def default_tau(noise_rate: float, extractor: str = "open_clip") -> float:
+    """The default threshold of an extractor (`features.extractor_default_tau`): for CLIP the paper's
+    0.4 at 30% noise and 0.52 at 45% and 50% (rates below 37.5% take the first)."""
+    from .features import extractor_default_tau
+
+    return extractor_default_tau(extractor, noise_rate)
 
 
 def keep_original(similarity: np.ndarray, tau: float, *, strict: bool = False) -> np.ndarray:

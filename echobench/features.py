@@ -41,6 +41,13 @@ def default_extractor(dataset: str) -> str:
     return "shapes-hog" if dataset == "shapes" else "open_clip"
 
 
+def extractor_default_tau(name: str, noise_rate: float) -> float:
+    """The extractor's default τ: its low value below 37.5% noise, its high value above (for CLIP the
+    paper's 0.4 at 30% and 0.52 at 45–50%; CIFAR-10N's ~17% random sets get 0.4 and worst 0.52)."""
+    low, high = EXTRACTORS.get(name).taus
+    return low if noise_rate < 0.375 else high
+
+
 def make_extractor(name: str, options: dict[str, Any] | None = None, device: str = "cpu") -> FeatureExtractor:
     cls = EXTRACTORS.get(name)
     return cls.create(dict(options or {}), device)
@@ -102,9 +109,18 @@ def hog(grey: np.ndarray, cell: int, bins: int) -> np.ndarray:
 
 
 class ShapesHog:
-    """HOG features of the object outline; deterministic, fast, no download (see the module doc)."""
+    """HOG features of the object outline; deterministic, fast, no download (see the module doc).
+
+    Its similarities live on another scale than CLIP's (a modification that keeps the class keeps
+    S ≈ 0.9, one that changes it gives S ≈ 0.5–0.65), so it carries its own default thresholds:
+    τ = 0.86 below 37.5% noise and 0.87 above, the thresholds maximising Youden's J (true-clean rate +
+    true-noisy rate) at 30% and 50% instance-dependent noise on an independent world
+    (`echobench select shapes --noise instance:0.3 --dataset-option seed=777 --dataset-option n_train=4000`,
+    and instance:0.5; the runs use world seed 0). As in the paper, the threshold rises with the noise rate.
+    """
 
     name = "shapes-hog"
+    taus = (0.86, 0.87)  # (below 37.5% noise, above)
 
     def __init__(self, options: HogOptions):
         if options.size < 2 * options.cell or options.bins < 2:
@@ -140,6 +156,17 @@ class ShapesHog:
 EXTRACTORS.add("shapes-hog", ShapesHog)
 
 
+def _clip_load_error(options: "ClipOptions", exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if "download" not in text.lower() and not isinstance(exc, OSError):  # an unknown model name or tag
+        return f"open_clip could not build {options.model!r} with pretrained={options.pretrained!r} ({text})"
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+    return (f"the CLIP weights {options.model}/{options.pretrained} are not available and could not be downloaded "
+            f"({text.splitlines()[0][:200]}). They are fetched into the Hugging Face cache ({cache}) on first use; with "
+            "no network, copy them there, or pass a local checkpoint file: --extractor-option "
+            "pretrained=/path/to/open_clip_model.safetensors")
+
+
 # --- open_clip --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -149,30 +176,32 @@ class ClipOptions:
     batch_size: int = 256
 
 
+def create_clip(options: "ClipOptions"):
+    """open_clip's (model, preprocess) for the options, or an EchobenchError saying what is missing."""
+    try:
+        import open_clip
+    except ImportError:
+        raise EchobenchError("extractor 'open_clip' needs open_clip_torch: `pip install 'echobench[clip]'`") from None
+    pretrained = None if options.pretrained.lower() in ("", "none") else options.pretrained
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(options.model, pretrained=pretrained)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise EchobenchError(_clip_load_error(options, exc)) from None
+    return model, preprocess
+
+
 class OpenClip:
     """open_clip image tower, batched (see the module doc)."""
 
     name = "open_clip"
+    taus = (0.4, 0.52)  # the paper's τ: 30% noise, 45% and 50% noise
 
-    def __init__(self, options: ClipOptions, device: str = "cpu"):
-        try:
-            import open_clip
-            import torch
-        except ImportError:
-            raise EchobenchError("extractor 'open_clip' needs open_clip_torch: `pip install 'echobench[clip]'`") from None
+    def __init__(self, options: ClipOptions, device: str = "cpu", built=None):
+        """`built`: an already created (model, preprocess) pair (benchmarks share one random model)."""
+        import torch
+
         self.options, self.device = options, torch.device(device)
-        pretrained = None if options.pretrained.lower() in ("", "none") else options.pretrained
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(options.model, pretrained=pretrained)
-        except RuntimeError as exc:  # unknown model or tag
-            raise EchobenchError(f"open_clip could not build {options.model!r} with pretrained={options.pretrained!r}: {exc}") from None
-        except (OSError, ValueError) as exc:  # weights absent and no network
-            cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-            raise EchobenchError(
-                f"the CLIP weights {options.model}/{options.pretrained} are not available ({type(exc).__name__}: {exc}). "
-                f"They are downloaded into the Hugging Face cache ({cache}) on first use; with no network, copy them "
-                "there, or pass a local checkpoint file as the pretrained option (--extractor-option pretrained=/path/open_clip_model.safetensors)."
-            ) from None
+        model, preprocess = built if built is not None else create_clip(options)
         self.half = self.device.type == "cuda"
         self.model = model.visual.to(self.device).eval()
         if self.half:

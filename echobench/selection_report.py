@@ -105,7 +105,7 @@ def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: li
                                      extractor_options=params.extractor_options, device=str(task.device),
                                      backend=params.similarity)
     select_s = time.perf_counter() - started
-    tau = resolve_tau(params, task.noise_rate)
+    tau = resolve_tau(params, task.noise_rate, task.dataset)
     doc: dict[str, Any] = {
         "dataset": task.dataset, "noise": f"{task.noise_kind}:{task.noise_rate:g}", "seed": task.seed,
         "params": dataclasses.asdict(params),
@@ -173,6 +173,10 @@ def plot_tau_sweep(rows: list[dict], tau: float, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _pvalue(p: float) -> str:
+    return "< 1e-300 (below float range)" if p == 0 else f"{p:.3g}"
+
+
 def format_select_report(doc: dict[str, Any]) -> str:
     from tabulate import tabulate
 
@@ -182,7 +186,7 @@ def format_select_report(doc: dict[str, Any]) -> str:
         f"{e['n_noisy']} with a wrong label)",
         f"  τ = {e['tau']:g}: kept {e['n_selected']} originals, precision {e['precision']:.4f}, recall {e['recall']:.4f}",
         f"  mean S: clean {e['similarity_mean_clean']:.3f}, noisy {e['similarity_mean_noisy']:.3f}; "
-        f"AUROC {e['auroc']:.4f}; KS statistic {e['ks_statistic']:.3f}, p-value {e['ks_pvalue']:.3g}",
+        f"AUROC {e['auroc']:.4f}; KS statistic {e['ks_statistic']:.3f}, p-value {_pvalue(e['ks_pvalue'])}",
         "",
         "Table 4 view: samples kept at a fixed precision (ranking by each selector's score)",
     ]

@@ -36,6 +36,7 @@ def test_selection_rule_and_tau():
             keep_original(s, bad)
     assert default_tau(0.3) == 0.4 and default_tau(0.45) == 0.52 and default_tau(0.5) == 0.52
     assert default_tau(0.17) == 0.4 and default_tau(0.40) == 0.52
+    assert default_tau(0.3, "shapes-hog") == 0.86 and default_tau(0.5, "shapes-hog") == 0.87
 
 
 def test_auroc_and_precision_counts_by_hand():
@@ -113,5 +114,7 @@ def test_open_clip_weights_missing_offline_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(EchobenchError, match="pretrained"):
+    with pytest.raises(EchobenchError, match="Hugging Face cache .* pretrained=/path"):
         make_extractor("open_clip", {"pretrained": "laion2b_s34b_b79k"})
+    with pytest.raises(EchobenchError, match="could not build 'ViT-B-99'"):
+        make_extractor("open_clip", {"model": "ViT-B-99", "pretrained": "none"})

@@ -1,0 +1,54 @@
+"""The eager engine: EchoMod's denoising step with the diffusers modules, called directly.
+
+The step is the body of the diffusers `StableDiffusionControlNetPipeline` denoising loop (the
+ControlNet documentation's recipe, without guess mode): the ControlNet's down/mid residuals, scaled by
+the conditioning scale, go into the UNet as additional residuals. This engine is the reference the
+other engines are compared with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engines.base import Components, DenoiserEngine
+
+from .config import EagerConfig
+
+
+class EagerEngine(DenoiserEngine):
+    """ControlNet + UNet in eager PyTorch under `torch.inference_mode` (no autograd bookkeeping)."""
+
+    name = "eager"
+
+    def __init__(self, settings: EagerConfig):
+        if settings.dtype == "auto" or settings.channels_last is None:
+            raise ValueError("EagerEngine needs a resolved EagerConfig: EagerConfig(...).resolve(device)")
+        self.settings = settings
+
+    def load(self, components: Components) -> None:
+        if self.settings.channels_last:
+            # Only the convolution-heavy networks of the hot loop and the decoder benefit.
+            for module in (components.unet, components.controlnet, components.vae):
+                module.to(memory_format=torch.channels_last)
+        self.components = components
+
+    @torch.inference_mode()
+    def denoise(self, latents: Any, t: Any, text_emb: Any, control: Any, scale: float) -> Any:
+        down, mid = self.components.controlnet(
+            latents, t, encoder_hidden_states=text_emb, controlnet_cond=control,
+            conditioning_scale=scale, guess_mode=False, return_dict=False,
+        )
+        return self.components.unet(
+            latents, t, encoder_hidden_states=text_emb,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+        )[0]
+
+    @torch.inference_mode()
+    def decode(self, latents: Any) -> Any:
+        return super().decode(latents)
+
+    def config(self) -> dict[str, Any]:
+        # The dtype is reported by EchoMod from the loaded modules; the layout can change kernels.
+        return {"name": self.name, "channels_last": bool(self.settings.channels_last)}
