@@ -19,6 +19,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def echomod_cache_in_tmp(tmp_path_factory):
+    """EchoMod's cache of modified images goes to a temporary directory, never the user's cache."""
+    before = os.environ.get("ECHOBENCH_CACHE")
+    os.environ["ECHOBENCH_CACHE"] = str(tmp_path_factory.mktemp("echomod-cache"))
+    yield
+    if before is None:
+        os.environ.pop("ECHOBENCH_CACHE", None)
+    else:
+        os.environ["ECHOBENCH_CACHE"] = before
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
