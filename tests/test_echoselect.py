@@ -118,3 +118,22 @@ def test_open_clip_weights_missing_offline_names_the_fix(monkeypatch, tmp_path):
         make_extractor("open_clip", {"pretrained": "laion2b_s34b_b79k"})
     with pytest.raises(EchobenchError, match="could not build 'ViT-B-99'"):
         make_extractor("open_clip", {"model": "ViT-B-99", "pretrained": "none"})
+
+
+def test_bench_echoselect_compares_both_paths_on_the_same_model():
+    pytest.importorskip("open_clip")
+    from echobench.bench_echoselect import bench_echoselect, format_bench_echoselect
+
+    doc = bench_echoselect(n=3, batch_size=2)
+    assert doc["released_loop"]["seconds"] > 0 and doc["echobench"]["seconds"] > 0
+    assert doc["speedup"] == pytest.approx(doc["released_loop"]["seconds"] / doc["echobench"]["seconds"], rel=0.02)
+    # same weights, same pairs: the two paths differ only by PIL vs tensor resizing
+    assert doc["max_abs_similarity_difference"] < 5e-3
+    assert "released loop" in format_bench_echoselect(doc)
+
+
+def test_ls_lists_engines_and_extractors(cli):
+    code, out, _ = cli("ls", "engines")
+    assert code == 0 and "procedural" in out and "eager" in out
+    code, out, _ = cli("ls", "extractors")
+    assert code == 0 and "open_clip" in out and "shapes-hog" in out
