@@ -22,7 +22,9 @@ EXAMPLES = {
   echobench ls suites""",
     "report": """examples:
   echobench report runs/demo                      # writes report.{md,tex,csv,json} there, prints Markdown
-  echobench report runs/demo --metric oracle --json""",
+  echobench report runs/demo --metric oracle --json
+  echobench report --runtime                      # EchoMod GPU-hours: the paper's appendix D, compute model, floors
+  echobench report --runtime measured.json --out runs/runtime   # plus our measurement and its projections""",
     "noise": """examples:
   echobench noise shapes --kind instance --rate 0.3 --seed 1
   echobench noise cifar10 --kind pairflip --rate 0.45 --seed 2 --json
@@ -72,14 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ls = add("ls", "List registered datasets, noises, methods, selectors, suites, protocols, models, engines or extractors.")
+    ls = add("ls", "List registered datasets, noises, methods, selectors, suites, protocols, models, engines, extractors or gpus.")
     ls.add_argument("what", choices=["datasets", "noises", "methods", "selectors", "suites", "protocols", "models",
-                                     "engines", "extractors"])
+                                     "engines", "extractors", "gpus"])
     ls.add_argument("--json", action="store_true")
 
-    report = add("report", "Tabulate a results directory: methods × noise settings, mean ± std over seeds.")
-    report.add_argument("dir", help="a results directory written by `echobench run`")
+    report = add("report", "Tabulate a results directory (methods × noise settings, mean ± std over seeds), "
+                           "or with --runtime EchoMod's GPU-hours beside the paper's appendix D.")
+    report.add_argument("dir", nargs="?", help="a results directory written by `echobench run` (not with --runtime)")
     report.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"])
+    report.add_argument("--runtime", nargs="*", metavar="MEASUREMENT.json",
+                        help="the runtime report instead: the paper's Tables 6/7, the compute model, floors and "
+                             "projections, plus the measurements in these files (schema: echobench/runtime_report.py)")
+    report.add_argument("--out", help="where --runtime writes runtime.md and runtime.json (default: runs/runtime)")
     report.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
 
     noise = add("noise", "Generate noisy labels for a dataset and report the realized rate and confusion.")
@@ -224,14 +231,17 @@ def cmd_ls(args) -> int:
     from .models import MODELS
     from .noise import NOISES
     from .protocols import PROTOCOLS
+    from .runtime_report import GPUS
     from .selectors import SELECTORS
     from .suite import SUITES, load_suite
 
     registry = {"datasets": DATASETS, "noises": NOISES, "methods": METHODS, "selectors": SELECTORS,
                 "suites": SUITES, "protocols": PROTOCOLS, "models": MODELS, "engines": ENGINES,
-                "extractors": EXTRACTORS}[args.what]
+                "extractors": EXTRACTORS, "gpus": GPUS}[args.what]
     names = registry.names()
     details = {n: load_suite(n).description for n in names} if args.what == "suites" else {}
+    if args.what == "gpus":
+        details = {n: f"{GPUS.get(n).peak_tflops:g} TFLOP/s dense {GPUS.get(n).precision}: {GPUS.get(n).name}" for n in names}
     if args.json:
         print(json.dumps([{"name": n, **({"description": details[n]} if n in details else {})} for n in names], indent=2))
     else:
@@ -241,6 +251,13 @@ def cmd_ls(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.runtime is not None:
+        return _runtime_report(args)
+    if args.dir is None:
+        raise EchobenchError("report needs DIR, a results directory written by `echobench run` "
+                             "(or --runtime [MEASUREMENT.json ...] for the EchoMod runtime report)")
+    if args.out is not None:
+        raise EchobenchError("--out goes with --runtime; the accuracy report is written into DIR itself")
     from .report import write_reports
 
     doc = write_reports(args.dir, args.metric)
@@ -249,6 +266,23 @@ def cmd_report(args) -> int:
     else:
         print(doc["markdown"])
         print(f"cells: {doc['cells']}; wrote report.md, report.tex, report.csv, report.json in {args.dir}/")
+    return 0
+
+
+def _runtime_report(args) -> int:
+    from .runtime_report import load_measurements, write_runtime_report
+
+    if args.dir is not None:
+        raise EchobenchError(f"--runtime takes measurement files, not a results directory ({args.dir!r}); "
+                             f"list the files after it: `echobench report --runtime {args.dir}`")
+    out = Path(args.out or Path("runs") / "runtime")
+    measurements = load_measurements(args.runtime)
+    doc = write_runtime_report(out, measurements or None)
+    if args.json:
+        print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2))
+    else:
+        print(doc["markdown"])
+        print(f"wrote runtime.md and runtime.json in {out}/")
     return 0
 
 
