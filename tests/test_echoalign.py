@@ -2,10 +2,7 @@
 
 import json
 
-import numpy as np
 import pytest
-
-from conftest import TINY_DATASET
 
 ALIGNING = ("echoalign", "im-only", "echoselect-only", "echoalign-released")
 
