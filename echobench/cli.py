@@ -32,7 +32,9 @@ EXAMPLES = {
     "bench": """examples:
   echobench bench knn                             # 50,000 × 512 random features, k = 10, faiss vs torch
   echobench bench knn --n 2000 --dim 32 --json
-  echobench bench echoselect --n 128              # batched EchoSelect vs the released per-image loop""",
+  echobench bench echoselect --n 128              # batched EchoSelect vs the released per-image loop
+  echobench bench train --device cuda             # one epoch of the paper's ResNet-18 on 50,000 random CIFAR images
+  echobench bench train --n 512 --device cpu --json""",
     "modify": """examples:
   echobench modify shapes --noise instance:0.5 --seed 1           # procedural EchoMod, cached
   echobench modify cifar10 --noise symmetric:0.3 --seed 1 --device cuda --shard 0/4
@@ -98,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     noise.add_argument("--data-root")
     noise.add_argument("--json", action="store_true")
 
-    bench = add("bench", "Micro-benchmarks of echobench's building blocks (kNN backends: time and peak memory).")
+    bench = add("bench", "Micro-benchmarks of echobench's building blocks (kNN backends, EchoSelect, a training "
+                         "epoch: time and peak memory).")
     bench_sub = bench.add_subparsers(dest="bench_what", metavar="WHAT", required=True)
     knn = bench_sub.add_parser("knn", help="faiss vs torch cosine kNN: seconds, peak MiB, agreement")
     knn.add_argument("--n", type=int, default=50_000, help="points (default: 50000)")
@@ -151,6 +154,17 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--threads", type=int, help="torch CPU threads")
     sel.add_argument("--seed", type=int, default=0)
     sel.add_argument("--json", action="store_true")
+
+    train = bench_sub.add_parser("train", help="one epoch of the paper protocol's ResNet-18 through the trainer: "
+                                               "images/s, seconds per epoch, peak memory")
+    train.add_argument("--n", type=int, default=50_000, help="random 32×32×3 uint8 training images (default: 50000)")
+    train.add_argument("--batch-size", type=int, help="images per step (default: the paper protocol's 128)")
+    train.add_argument("--warmup-steps", type=int, default=3,
+                       help="untimed steps first, plus one of the last partial batch's size (default: 3)")
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--seed", type=int, default=0, help="seed of the random images, labels and weights (default: 0)")
+    train.add_argument("--json", action="store_true", help="print the JSON result instead of the text")
 
     doctor = add("doctor", "Show installed extras, devices and cache locations.")
     doctor.add_argument("--json", action="store_true")
@@ -302,6 +316,8 @@ def cmd_noise(args) -> int:
 def cmd_bench(args) -> int:
     if args.bench_what == "echoselect":
         return _bench_echoselect(args)
+    if args.bench_what == "train":
+        return _bench_train(args)
     from .bench import bench_knn, format_bench_knn
 
     if min(args.n, args.dim, args.k, args.repeats) < 1 or args.k >= args.n:
@@ -391,6 +407,22 @@ def _bench_echoselect(args) -> int:
     doc = bench_echoselect(n=args.n, size=args.size, pretrained=args.pretrained, batch_size=args.batch_size,
                            device=resolve_device(args.device), seed=args.seed)
     print(json.dumps(doc, indent=2) if args.json else format_bench_echoselect(doc))
+    return 0
+
+
+def _bench_train(args) -> int:
+    from .bench_train import bench_train, format_bench_train
+    from .environment import resolve_device
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise EchobenchError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    doc = bench_train(n=args.n, device=resolve_device(args.device), warmup_steps=args.warmup_steps,
+                      batch_size=args.batch_size, seed=args.seed)
+    print(json.dumps(doc, indent=2) if args.json else format_bench_train(doc))
     return 0
 
 
