@@ -145,6 +145,22 @@ def _parser() -> argparse.ArgumentParser:
     select.add_argument("--peers", nargs="*", default=[], help="peer selectors for the Table 4 view (`echobench ls selectors`)")
     select.add_argument("--out", help="directory for select.json, select.md and the PNG figures (default: runs/select/DATASET-NOISE-seedS)")
 
+    eng = bench_sub.add_parser("engines", help="EchoMod engines vs diffusers' stock ControlNet pipeline: images/s, "
+                                               "s/step, peak memory, parity")
+    eng.add_argument("--config", default="tiny", choices=["tiny", "sd15"], help="model configuration (default: tiny)")
+    eng.add_argument("--random-init", action="store_true",
+                     help="random weights (no download; same compute). tiny is always random")
+    eng.add_argument("--engines", nargs="+", default=["eager", "compile", "onnxruntime"],
+                     help="engines to time (default: eager compile onnxruntime)")
+    eng.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="images per batch (default: 4)")
+    eng.add_argument("--resolution", type=int, help="generation resolution (default: 32 for tiny, 512 for sd15)")
+    eng.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    eng.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up; the fastest counts")
+    eng.add_argument("--device", default="auto")
+    eng.add_argument("--threads", type=int, help="torch CPU threads")
+    eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--json", action="store_true")
+
     sel = bench_sub.add_parser("echoselect", help="EchoSelect (batched) vs the released code's per-image CLIP loop")
     sel.add_argument("--n", type=int, default=128, help="image pairs (default: 128)")
     sel.add_argument("--size", type=int, default=32, help="image side in pixels (default: 32, CIFAR)")
@@ -314,6 +330,8 @@ def cmd_noise(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.bench_what == "engines":
+        return _bench_engines(args)
     if args.bench_what == "echoselect":
         return _bench_echoselect(args)
     if args.bench_what == "train":
@@ -391,6 +409,26 @@ def cmd_select(args) -> int:
     task, clean, params = _setting(args)
     doc = select_report(task, clean, params, peers=args.peers, out_dir=out, progress=not args.no_progress)
     print(dump(doc) if args.json else format_select_report(doc))
+    return 0
+
+
+def _bench_engines(args) -> int:
+    from .bench_engines import bench_engines, format_bench_engines
+    from .environment import resolve_device
+
+    if min(args.batch_sizes + [args.steps, args.repeats]) < 1 or (args.resolution is not None and args.resolution < 8):
+        raise EchobenchError("--batch-sizes, --steps and --repeats must be positive and --resolution at least 8")
+    if args.config == "sd15" and not args.random_init:
+        print("echobench: sd15 with real weights loads the public checkpoints (download on first use)", file=sys.stderr)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    doc = bench_engines(config=args.config, random_init=args.random_init or args.config == "tiny",
+                        engines=tuple(args.engines), batch_sizes=tuple(sorted(set(args.batch_sizes))),
+                        resolution=args.resolution, steps=args.steps, repeats=args.repeats,
+                        device=resolve_device(args.device), seed=args.seed)
+    print(json.dumps(doc, indent=2) if args.json else format_bench_engines(doc))
     return 0
 
 

@@ -13,8 +13,9 @@ depends only on (its pixels, its target label, its seed, the config), never on w
 in, so the cache (`echobench.modcache`) can serve any subset of a dataset from earlier runs.
 
 Generators are chosen by engine name (`--engine`): `procedural` (an OpenCV re-renderer for the
-`shapes` world, no download) and the diffusion engines (`eager`, and those of the engines issue),
-which all run the same EchoMod loop and differ only in how one denoising step is computed.
+`shapes` world, no download) and the diffusion engines (`eager`, `compile`, `onnxruntime`,
+`tensorrt`; `engines/`), which all run the same EchoMod loop and differ only in how one denoising
+step is computed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Modifier(Protocol):
 ENGINES: Registry = Registry("engine")
 ENGINES.add("procedural", "engines.procedural.engine:make_modifier")
 ENGINES.add("eager", "echobench.echomod_diffusion:make_eager_modifier")
+ENGINES.add("compile", "echobench.echomod_diffusion:make_compile_modifier")
+ENGINES.add("onnxruntime", "echobench.echomod_diffusion:make_onnxruntime_modifier")
+ENGINES.add("tensorrt", "echobench.echomod_diffusion:make_tensorrt_modifier")
 
 
 def default_engine(dataset: str) -> str:

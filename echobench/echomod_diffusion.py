@@ -43,6 +43,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+# SD15_SCHEDULER_CONFIG and TINY_RESOLUTION live with the model configurations; they stay importable
+# from here, where the tiny checkpoint helpers and their tests have always found them.
+from .diffusion_models import MODELS, SD15_SCHEDULER_CONFIG, TINY_RESOLUTION  # noqa: F401
 from .errors import EchobenchError
 from .registry import closest
 
@@ -57,8 +60,15 @@ SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler",
 }
 
-# Options of the eager engine that are not DiffusionConfig fields (see engines/eager/config.py).
-EAGER_OPTIONS = {"channels_last": None}
+# The engines that run this module's EchoMod loop: name → (settings class, engine class), as lazy
+# "module:attr" strings. A settings class's fields (but `dtype`, which is DiffusionConfig's) are the
+# engine's options; its `resolve(device)`, when it has one, fills in "auto" values.
+DIFFUSION_ENGINES = {
+    "eager": ("engines.eager.config:EagerConfig", "engines.eager.engine:EagerEngine"),
+    "compile": ("engines.compile.config:CompileConfig", "engines.compile.engine:CompileEngine"),
+    "onnxruntime": ("engines.onnxruntime.config:OnnxRuntimeConfig", "engines.onnxruntime.engine:OnnxRuntimeEngine"),
+    "tensorrt": ("engines.tensorrt.config:TensorRTConfig", "engines.tensorrt.engine:TensorRTEngine"),
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,10 @@ class DiffusionConfig:
     with unet/, vae/, text_encoder/, tokenizer/, scheduler/; a ControlNet folder with config.json).
     `dtype`: "auto" is float16 on a GPU (the paper's mixed precision) and float32 on a CPU.
     `batch_size` changes only speed and memory, never the images.
+    `model` names an architecture in `echobench.diffusion_models.MODELS`: "sd15" loads `base_model`
+    and `controlnet`; "tiny" is the small test model (built locally, run at its own resolution unless
+    `resolution` is given). `random_init`: the named architecture with random weights instead (same
+    compute, nothing downloaded; for timing only, the images are noise).
     """
 
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -85,9 +99,13 @@ class DiffusionConfig:
     controlnet_conditioning_scale: float = 1.0
     batch_size: int = 8
     dtype: str = "auto"
+    model: str = "sd15"
+    random_init: bool = False
 
     def __post_init__(self) -> None:
         problems = []
+        if self.model not in MODELS:
+            problems.append(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
         if self.resolution <= 0 or self.resolution % 8:
             problems.append(f"resolution must be a positive multiple of 8 (got {self.resolution})")
         if not (0 <= self.canny_low <= 255 and 0 <= self.canny_high <= 255):
@@ -392,6 +410,10 @@ class DiffusionEchoMod:
             "dtype": str(self.dtype).removeprefix("torch."),
             "engine": self.engine.name, "engine_config": self.engine.config(),
             "resize_back": "pil-bicubic",
+            # Only when they differ from the defaults, so that the cache keys of images generated
+            # before these options existed (sd15 from its checkpoints) stay the same.
+            **({"model": s.model} if s.model != "sd15" else {}),
+            **({"random_init": True} if s.random_init else {}),
         }
 
     def generate(self, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -479,87 +501,146 @@ def _step_kwargs(scheduler, generators) -> dict[str, Any]:
     return kwargs
 
 
-def make_eager_modifier(dataset: str, class_names: list[str], image_size: int,
-                        options: dict[str, Any], device: str) -> DiffusionEchoMod:
-    """The "eager" engine's EchoMod: `options` override `DiffusionConfig` fields and the eager
-    engine's `channels_last`; the components are loaded with `from_pretrained`."""
-    from engines.eager import EagerConfig
-    from engines.eager.engine import EagerEngine
+def engine_option_defaults(engine: str) -> dict[str, Any]:
+    """The options of diffusion engine `engine` (its settings' fields but `dtype`) with their defaults."""
+    settings_cls, _ = _engine_classes(engine)
+    return {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "dtype"}
 
-    check_option_names(options, {**{f.name: f.default for f in dataclasses.fields(DiffusionConfig)}, **EAGER_OPTIONS})
-    engine_options = {name: coerce_option(name, options[name], default)
-                      for name, default in EAGER_OPTIONS.items() if name in options}
-    config = DiffusionConfig.from_options({k: v for k, v in options.items() if k not in EAGER_OPTIONS})
-    settings = EagerConfig(dtype=config.dtype, **engine_options).resolve(device)
-    components = load_components(config, device, settings.torch_dtype())
-    return DiffusionEchoMod(class_names, image_size, components, EagerEngine(settings), config, device=device)
+
+def _engine_classes(engine: str):
+    import importlib
+
+    if engine not in DIFFUSION_ENGINES:
+        from .registry import unknown_name_error
+
+        raise unknown_name_error("engine", engine, list(DIFFUSION_ENGINES))
+    return tuple(getattr(importlib.import_module(module), attr)
+                 for module, _, attr in (entry.partition(":") for entry in DIFFUSION_ENGINES[engine]))
+
+
+def require_runtime(engine: str, device: str) -> None:
+    """EchobenchError (naming the extra to install) when `engine`'s runtime is missing: checked before
+    any model is loaded, which can take minutes."""
+    _, engine_cls = _engine_classes(engine)
+    check = getattr(engine_cls, "require_runtime", None)
+    if check is not None:
+        check(device)
+
+
+def engine_settings(engine: str, device: str, dtype: str = "auto", options: dict[str, Any] | None = None):
+    """The settings of diffusion engine `engine` from `options` (engine option → value, strings
+    accepted) over the defaults, resolved for `device`; bad names or values are EchobenchErrors.
+    `dtype` is EchoMod's dtype setting (the eager engine's settings record it)."""
+    options = dict(options or {})
+    settings_cls, _ = _engine_classes(engine)
+    defaults = engine_option_defaults(engine)
+    check_option_names(options, defaults)
+    values = {name: coerce_option(name, options[name], defaults[name]) for name in options}
+    if any(f.name == "dtype" for f in dataclasses.fields(settings_cls)):
+        values["dtype"] = str(dtype).removeprefix("torch.")
+    settings = settings_cls(**values)
+    return settings.resolve(device) if hasattr(settings, "resolve") else settings
+
+
+def make_engine(engine: str, device: str, dtype: str = "auto", *, shapes=None,
+                options: dict[str, Any] | None = None, settings=None):
+    """A `DenoiserEngine` called `engine` for `device`: from `settings` (`engine_settings`) or from
+    `dtype` and `options`. `shapes` (`engines.shapes.StepShapes`) is required by every engine but
+    eager: they build for fixed shapes (compile, ONNX export, TensorRT profile)."""
+    if settings is None:
+        settings = engine_settings(engine, device, dtype, options)
+    _, engine_cls = _engine_classes(engine)
+    if engine == "eager":  # the reference engine builds nothing, so it takes no shapes
+        return engine_cls(settings)
+    if shapes is None:
+        raise EchobenchError(f"the {engine} engine is built for fixed step shapes: pass shapes="
+                             "StepShapes.for_components(components, resolution, batch_size, guidance)")
+    return engine_cls(settings, shapes, device)
+
+
+def load_model(config: DiffusionConfig, device: str, dtype):
+    """The components `config` names: sd15's checkpoints (`base_model`, `controlnet`) through
+    `load_components`, or a model of `echobench.diffusion_models` (tiny, random_init)."""
+    if config.model == "sd15" and not config.random_init:
+        return load_components(config, device, dtype)
+    from .diffusion_models import build_components
+
+    return build_components(config.model, random_init=config.random_init, device=device, dtype=dtype)
+
+
+def make_diffusion_modifier(engine: str, dataset: str, class_names: list[str], image_size: int,
+                            options: dict[str, Any], device: str, *, components=None,
+                            progress: Callable[[int, int], None] | None = None) -> DiffusionEchoMod:
+    """EchoMod with the diffusion engine `engine`: `options` override `DiffusionConfig` fields and the
+    engine's own options (`engine_option_defaults(engine)`); values may be strings, as a command line
+    passes them. The components are `load_model(config)` unless given (already on `device`, in the
+    configured dtype). `dataset` is part of the registry's factory signature; the images do not
+    depend on it."""
+    del dataset
+    engine_defaults = engine_option_defaults(engine)
+    diffusion_defaults = {f.name: f.default for f in dataclasses.fields(DiffusionConfig)}
+    check_option_names(options, {**diffusion_defaults, **engine_defaults})
+    engine_options = {k: v for k, v in options.items() if k in engine_defaults}
+    diffusion_options = {k: v for k, v in options.items() if k not in engine_defaults}
+    model = str(diffusion_options.get("model", diffusion_defaults["model"]))
+    if model in MODELS and "resolution" not in diffusion_options:
+        diffusion_options["resolution"] = MODELS[model].resolution
+    config = DiffusionConfig.from_options(diffusion_options)
+    from engines.options import resolve_dtype, torch_dtype
+
+    # Everything a user can get wrong is checked before the model is loaded, which can take minutes.
+    dtype = resolve_dtype(config.dtype, device)
+    settings = engine_settings(engine, device, config.dtype, engine_options)
+    require_runtime(engine, device)
+    if components is None:
+        components = load_model(config, device, torch_dtype(dtype))
+    from engines.shapes import StepShapes
+
+    shapes = StepShapes.for_components(components, config.resolution, config.batch_size, config.guidance_scale > 1)
+    denoiser = make_engine(engine, device, shapes=shapes, settings=settings)
+    return DiffusionEchoMod(class_names, image_size, components, denoiser, config, device=device, progress=progress)
+
+
+def make_eager_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
+                        device: str, **kwargs: Any) -> DiffusionEchoMod:
+    """The "eager" engine's EchoMod (the reference: diffusers modules called directly)."""
+    return make_diffusion_modifier("eager", dataset, class_names, image_size, options, device, **kwargs)
+
+
+def make_compile_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
+                          device: str, **kwargs: Any) -> DiffusionEchoMod:
+    """The "compile" engine's EchoMod (torch.compile of the fused ControlNet + UNet step)."""
+    return make_diffusion_modifier("compile", dataset, class_names, image_size, options, device, **kwargs)
+
+
+def make_onnxruntime_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
+                              device: str, **kwargs: Any) -> DiffusionEchoMod:
+    """The "onnxruntime" engine's EchoMod (the fused step exported to ONNX, run by onnxruntime)."""
+    return make_diffusion_modifier("onnxruntime", dataset, class_names, image_size, options, device, **kwargs)
+
+
+def make_tensorrt_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
+                           device: str, **kwargs: Any) -> DiffusionEchoMod:
+    """The "tensorrt" engine's EchoMod (a TensorRT plan of the fused step; CUDA only)."""
+    return make_diffusion_modifier("tensorrt", dataset, class_names, image_size, options, device, **kwargs)
 
 
 # ------------------------------------------------------------------------ tiny random checkpoint
 
-# Stable Diffusion 1.5's scheduler/scheduler_config.json (the scheduler the checkpoint ships).
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
-    "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False, "trained_betas": None,
-}
-TINY_RESOLUTION = 32  # 16×16 latents: the tiny VAE has two blocks (factor 2)
-TINY_WORDS = ("a", "photo", "of")
-ZERO_CONV_STD = 0.3  # see _randomise_zero_convolutions  # words given BPE merges in the tiny vocabulary
+TINY_WORDS = ("a", "photo", "of")  # words given BPE merges in the tiny vocabulary
 
 
 def tiny_components(seed: int = 0):
-    """Small randomly initialised SD + ControlNet modules (the shapes of diffusers' own ControlNet
-    pipeline tests, widened to block_out_channels (32, 64)) and a locally built CLIP tokenizer.
+    """Small randomly initialised SD + ControlNet modules (`echobench.diffusion_models`' "tiny" model:
+    the shapes of diffusers' own ControlNet pipeline tests, widened to block_out_channels (32, 64)) and
+    a locally built CLIP tokenizer, float32 on the CPU.
 
     Nothing is downloaded. Run them at `TINY_RESOLUTION` (any multiple of 8 works). The global torch
     random state is left as it was.
     """
-    import diffusers
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from .diffusion_models import build_components
 
-    from engines.base import Components
-
-    tokenizer = tiny_tokenizer()
-    blocks = {"block_out_channels": (32, 64), "layers_per_block": 2, "cross_attention_dim": 32,
-              "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"), "in_channels": 4}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = diffusers.UNet2DConditionModel(
-            **blocks, sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-        torch.manual_seed(seed + 1)
-        controlnet = diffusers.ControlNetModel(**blocks, conditioning_embedding_out_channels=(16, 32))
-        _randomise_zero_convolutions(controlnet, std=ZERO_CONV_STD)
-        torch.manual_seed(seed + 2)
-        vae = diffusers.AutoencoderKL(
-            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-        torch.manual_seed(seed + 3)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-            num_hidden_layers=5, max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id))
-    scheduler = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
-    modules = (unet, controlnet, vae, text_encoder)
-    for module in modules:
-        module.eval()
-    return Components(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
-                      tokenizer=tokenizer, scheduler=scheduler)
-
-
-def _randomise_zero_convolutions(controlnet, std: float) -> None:
-    """A fresh ControlNet's "zero convolutions" (the last layer of the control-image embedding and
-    the output convolutions of its residuals) are zero, so the control image would have no effect at
-    all; diffusers' ControlNet pipeline tests re-initialise them randomly for the same reason."""
-    import torch
-
-    zero = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
-            controlnet.controlnet_mid_block]
-    for block in zero:
-        torch.nn.init.normal_(block.weight, std=std)
-        torch.nn.init.normal_(block.bias, std=std)
+    return build_components("tiny", seed=seed, device="cpu", dtype="float32")
 
 
 def tiny_tokenizer():

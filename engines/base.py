@@ -52,6 +52,9 @@ class DenoiserEngine(abc.ABC):
 
     name: str = "base"
     components: Components | None = None
+    # What `load` built and how long it took (export, compile or build seconds, whether a cached
+    # artefact was reused, its path): JSON-able, for reports; empty for engines that build nothing.
+    build_info: dict[str, Any] = {}
 
     @abc.abstractmethod
     def load(self, components: Components) -> None:
@@ -68,6 +71,10 @@ class DenoiserEngine(abc.ABC):
         (values in [0, 1]) twice; `t` is the scheduler's timestep (a 0-d tensor) and `scale` the
         ControlNet conditioning scale. Returns the UNet's noise prediction for the doubled batch
         (2B, 4, h, w); the caller combines the two halves with the guidance scale.
+
+        Engines built ahead of time for given shapes (`engines.shapes.StepShapes`: compile, ONNX
+        Runtime, TensorRT) take steps of one image up to a full batch and raise an EchobenchError
+        for more rows; EchoMod never passes more than its batch_size images at once.
         """
 
     def decode(self, latents: Any) -> Any:

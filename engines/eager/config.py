@@ -1,9 +1,8 @@
 """Settings of the eager engine (plain diffusers modules), importable without torch or diffusers.
 
-The paper runs EchoMod in mixed precision on V100 and RTX 4090 GPUs (appendix C, Tables 6/7). Here
-"auto" means float16 on a GPU, where the tensor cores need it, and float32 on a CPU, where float16
-kernels are slow or missing. channels_last is the memory layout that cuDNN's fastest convolution
-kernels use on GPUs; on CPUs it brings nothing measurable for these shapes, so "auto" leaves it off.
+`dtype` "auto" is float16 on a GPU and float32 on a CPU (see `engines.options`). channels_last is the
+memory layout that cuDNN's fastest convolution kernels use on GPUs; on CPUs it brings nothing
+measurable for these shapes, so "auto" leaves it off.
 """
 
 from __future__ import annotations
@@ -11,18 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from echobench.errors import EchobenchError
+from engines.options import DTYPES, is_gpu, resolve_dtype
 
-# Accepted spellings → the torch attribute name.
-DTYPES = {
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float32": "float32", "fp32": "float32", "float": "float32",
-}
-
-
-def is_gpu(device: str) -> bool:
-    """True for CUDA devices ("cuda", "cuda:1")."""
-    return str(device).startswith("cuda")
+__all__ = ["DTYPES", "EagerConfig", "is_gpu"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +31,8 @@ class EagerConfig:
 
     def resolve(self, device: str) -> "EagerConfig":
         """The same settings with "auto"/None replaced by the concrete choice for `device`."""
-        gpu = is_gpu(device)
-        dtype = ("float16" if gpu else "float32") if self.dtype == "auto" else DTYPES[self.dtype]
-        channels_last = gpu if self.channels_last is None else bool(self.channels_last)
+        dtype = resolve_dtype(self.dtype, device)
+        channels_last = is_gpu(device) if self.channels_last is None else bool(self.channels_last)
         return EagerConfig(dtype=dtype, channels_last=channels_last)
 
     def torch_dtype(self):

@@ -1,0 +1,233 @@
+"""`echobench bench engines`: EchoMod's engines against diffusers' stock ControlNet pipeline, one run.
+
+Method. One set of components (`tiny` or `sd15`, random or real weights) and one batch of inputs per
+batch size: random uint8 images at the dataset size (32 px), labels and per-sample seeds drawn from
+`np.random.default_rng(seed)`. The reference row is diffusers' `StableDiffusionControlNetPipeline`
+called the way its documentation shows (prompts, PIL control images, `num_inference_steps`,
+`guidance_scale`, `controlnet_conditioning_scale`, one `torch.Generator` per sample, `output_type="np"`)
+on the control images EchoMod computes, with the same scheduler class. Each engine row is EchoMod
+(`DiffusionEchoMod.generate_pixels`) with that engine on the same components and inputs. Every row
+runs once untimed (warm-up: compilation, ONNX export, TensorRT build, cuDNN autotuning), then
+`repeats` timed runs; the fastest is reported. Reported per row and batch size: images/s, seconds
+per denoising step (wall time / steps: it includes the VAE decode and the per-batch setup, so it is
+an upper bound of the step itself), peak memory (CUDA: `torch.cuda.max_memory_allocated` during the
+timed runs; CPU: the process's peak RSS, a high-water mark over the whole run), and the parity error:
+the largest absolute difference of the generated pixels ([0, 1] scale) from the reference row.
+
+A batch size that runs out of memory (or that an engine's profile does not cover) is reported as
+unsupported with the reason, and the bench goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import EchobenchError
+
+REFERENCE = "diffusers-pipeline"
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _time(run: Callable[[], np.ndarray], device, repeats: int) -> tuple[float, np.ndarray, float | None]:
+    """Warm-up once, then the fastest of `repeats` runs: (seconds, output, CUDA peak MiB or None)."""
+    import torch
+
+    run()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        out = run()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return best, out, peak
+
+
+def reference_pipeline(components, settings) -> Callable:
+    """diffusers' stock pipeline on the components, with the scheduler EchoMod uses."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from .echomod_diffusion import scheduler_class
+
+    scheduler = scheduler_class(settings.scheduler).from_config(components.scheduler.config)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, controlnet=components.controlnet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tuple[str, ...] = ("eager",),
+                  batch_sizes: tuple[int, ...] = (2,), resolution: int | None = None, steps: int = 20,
+                  repeats: int = 1, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Run the bench (module docstring). Each engine is built once per batch size (the compiled and
+    exported engines are built for fixed step shapes); its build time is reported."""
+    import torch
+    from PIL import Image
+
+    from engines.shapes import StepShapes
+
+    from .diffusion_models import build_components, default_resolution
+    from .echomod_diffusion import (DiffusionConfig, DiffusionEchoMod, control_images, make_engine, prompt_for,
+                                    require_runtime)
+    from .environment import environment
+
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    resolution = resolution or default_resolution(config)
+    components = build_components(config, random_init=random_init, device=device, dtype=dtype)
+    class_names = [f"class {i}" for i in range(10)]
+    settings = DiffusionConfig(resolution=resolution, steps=steps)
+    rng = np.random.default_rng(seed)
+    doc: dict[str, Any] = {
+        "config": config, "random_init": random_init, "resolution": resolution, "steps": steps,
+        "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler, "device": device,
+        "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "rows": {},
+        "environment": environment(device),
+    }
+    inputs = {}
+    for bs in batch_sizes:
+        images = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, len(class_names), bs)
+        seeds = rng.integers(0, 2**62, bs)
+        inputs[bs] = (images, labels, seeds)
+
+    pipe = reference_pipeline(components, settings)
+    reference_pixels: dict[int, np.ndarray] = {}
+    rows: dict[str, dict] = {REFERENCE: {}}
+    for bs, (images, labels, seeds) in inputs.items():
+        control = control_images(images, resolution, settings.canny_low, settings.canny_high)
+        pil = [Image.fromarray((c.transpose(1, 2, 0) * 255).round().astype(np.uint8)) for c in control]
+        prompts = [prompt_for(settings.prompt_template, class_names[y]) for y in labels]
+
+        def run_reference():
+            gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+            return pipe(prompts, image=pil, num_inference_steps=steps, guidance_scale=settings.guidance_scale,
+                        controlnet_conditioning_scale=settings.controlnet_conditioning_scale, generator=gens,
+                        output_type="np").images
+
+        rows[REFERENCE][str(bs)] = _measure(run_reference, dev, repeats, bs, steps, None)
+        if "pixels" in rows[REFERENCE][str(bs)]:
+            reference_pixels[bs] = rows[REFERENCE][str(bs)].pop("pixels")
+    for name in engines:
+        rows[name] = {}
+        try:
+            require_runtime(name, device)
+        except EchobenchError as exc:  # runtime missing: say so, go on
+            rows[name] = {"unavailable": str(exc)}
+            continue
+        for bs, (images, labels, seeds) in inputs.items():
+            try:
+                shapes = StepShapes.for_components(components, resolution, bs, settings.guidance_scale > 1)
+                built = time.perf_counter()
+                engine = make_engine(name, device, "auto", shapes=shapes)
+                echomod = DiffusionEchoMod(class_names, 32, components, engine,
+                                           dataclasses.replace(settings, batch_size=bs), device=device)
+                build_s = time.perf_counter() - built
+            except EchobenchError as exc:
+                rows[name][str(bs)] = {"unsupported": str(exc)}
+                continue
+            result = _measure(lambda: echomod.generate_pixels(images, labels, seeds), dev, repeats, bs, steps,
+                              reference_pixels.get(bs))
+            result.pop("pixels", None)
+            # the first (untimed) run builds what the engine builds lazily: compile, export, TensorRT plan
+            result["build"] = {"construct_s": round(build_s, 3), **_jsonable(getattr(engine, "build_info", {}))}
+            rows[name][str(bs)] = result
+            echomod.close()
+            gc.collect()
+    doc["rows"] = rows
+    doc["speedup_vs_reference"] = _speedups(rows)
+    return doc
+
+
+def _measure(run, device, repeats: int, batch: int, steps: int, reference: np.ndarray | None) -> dict[str, Any]:
+    import torch
+
+    try:
+        seconds, pixels, cuda_peak = _time(run, device, repeats)
+    except (RuntimeError, torch.cuda.OutOfMemoryError, EchobenchError) as exc:
+        if isinstance(exc, EchobenchError) or _is_oom(exc):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return {"unsupported": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        raise
+    out = {"seconds": round(seconds, 4), "images_per_s": round(batch / seconds, 3),
+           "seconds_per_image": round(seconds / batch, 4), "seconds_per_step": round(seconds / steps, 4),
+           "peak_mib": round(cuda_peak if cuda_peak is not None else _peak_rss_mib(), 1),
+           "peak_kind": "cuda max_memory_allocated" if cuda_peak is not None else "process peak RSS",
+           "pixels": np.asarray(pixels, dtype=np.float32)}
+    if reference is not None:
+        out["parity_max_abs"] = float(np.abs(out["pixels"] - reference).max())
+    return out
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in dict(info).items()}
+
+
+def _speedups(rows: dict[str, dict]) -> dict[str, dict[str, float]]:
+    ref = rows.get(REFERENCE, {})
+    out: dict[str, dict[str, float]] = {}
+    for name, per_batch in rows.items():
+        if name == REFERENCE or "unavailable" in per_batch:
+            continue
+        for bs, r in per_batch.items():
+            if "seconds" in r and "seconds" in ref.get(bs, {}):
+                out.setdefault(name, {})[bs] = round(ref[bs]["seconds"] / r["seconds"], 3)
+    return out
+
+
+def format_bench_engines(doc: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    table = []
+    for name, per_batch in doc["rows"].items():
+        if "unavailable" in per_batch:
+            table.append([name, "-", "unavailable", "", "", "", "", per_batch["unavailable"][:80]])
+            continue
+        for bs, r in per_batch.items():
+            if "unsupported" in r:
+                table.append([name, bs, "unsupported", "", "", "", "", r["unsupported"][:80]])
+                continue
+            speed = doc["speedup_vs_reference"].get(name, {}).get(bs)
+            table.append([name, bs, r["images_per_s"], r["seconds_per_step"], r["peak_mib"],
+                          "" if "parity_max_abs" not in r else f"{r['parity_max_abs']:.1e}",
+                          "1.00×" if name == REFERENCE else (f"{speed:.2f}×" if speed else ""), ""])
+    return "\n".join([
+        f"EchoMod engines: config {doc['config']} ({'random init' if doc['random_init'] else 'weights'}), "
+        f"{doc['resolution']}², {doc['steps']} steps, CFG {doc['guidance_scale']}, {doc['scheduler']}, "
+        f"{doc['device']} {doc['dtype']}, best of {doc['repeats']}",
+        tabulate(table, headers=["row", "batch", "images/s", "s/step", "peak MiB", "max |Δpixel|", "vs stock", "note"],
+                 tablefmt="github"),
+        f"reference row: {REFERENCE} = diffusers StableDiffusionControlNetPipeline, timed in the same run on the same inputs",
+    ])

@@ -1,0 +1,54 @@
+"""Settings of the compile engine (`torch.compile` of the fused step), importable without torch.
+
+`mode` "auto" follows the diffusers "torch2.0" / "Accelerate inference" documentation on a GPU:
+`torch.compile(..., mode="reduce-overhead", fullgraph=True)`, whose CUDA graphs remove the launch
+overhead of the UNet's many small kernels; CUDA graphs need a CUDA device, so on a CPU "auto" is
+inductor's "default" mode. "max-autotune" also records CUDA graphs; "max-autotune-no-cudagraphs"
+benchmarks kernels without them. `fullgraph=True` turns a graph break (a Python fallback in the
+middle of the step) into an error instead of a silent slowdown. `channels_last` as for the eager
+engine (GPU only by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from echobench.errors import EchobenchError
+from engines.options import is_gpu
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """`backend`: a torch.compile backend ("inductor"; "aot_eager" traces the same graph without
+    generating code, for quick checks); `mode`: "auto" or one of `MODES` (inductor only)."""
+
+    backend: str = "inductor"
+    mode: str = "auto"
+    fullgraph: bool = True
+    channels_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode != "auto" and self.mode not in MODES:
+            raise EchobenchError(f"compile engine: unknown mode {self.mode!r}; use auto or one of {', '.join(MODES)}")
+        if self.mode not in ("auto", "default") and self.backend != "inductor":
+            raise EchobenchError(f"compile engine: mode {self.mode!r} is an inductor mode, but backend is "
+                                 f"{self.backend!r}")
+
+    def resolve(self, device: str) -> "CompileConfig":
+        """The same settings with "auto"/None replaced by the concrete choice for `device`."""
+        gpu = is_gpu(device)
+        mode = self.mode
+        if mode == "auto":
+            mode = "reduce-overhead" if gpu and self.backend == "inductor" else "default"
+        if mode in CUDA_GRAPH_MODES and not gpu:
+            raise EchobenchError(f"compile engine: mode {mode!r} records CUDA graphs, which need a CUDA device "
+                                 f"(device is {device!r}); use mode=default or auto")
+        channels_last = gpu if self.channels_last is None else bool(self.channels_last)
+        return CompileConfig(backend=self.backend, mode=mode, fullgraph=self.fullgraph, channels_last=channels_last)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.mode in CUDA_GRAPH_MODES

@@ -1,0 +1,395 @@
+"""The EchoMod engines (`engines/`) against the eager reference, on the tiny model (nothing downloaded).
+
+Parity is checked twice: on one denoising step (the noise prediction of 4 rows, |noise| ≤ 1.23) and
+on whole images (`generate_pixels`, 20 UniPC steps with guidance 7.5, [0, 1] pixels), for a full
+batch and for a padded one (one image where the engine was built for two).
+
+Measured (float32 on a CPU, one torch thread; max |engine − eager|):
+
+| engine                        | noise, full | noise, 1 image | pixels, full | pixels, 1 image |
+|-------------------------------|-------------|----------------|--------------|-----------------|
+| compile, aot_eager backend    | 0           | 0              | 0            | 5.4e-7          |
+| compile, inductor (slow test) | 1.4e-6      | 1.3e-6         | 8.3e-7       | 6.9e-7          |
+| onnxruntime CPU, dynamo       | 7.7e-7      | 7.5e-7         | 7.2e-7       | 5.4e-7          |
+| onnxruntime CPU, torchscript  | 1.3e-6      | 7.2e-7         | 6.6e-7       | 4.8e-7          |
+
+For scale: eager itself gives 7.2e-7 different pixels for an image generated alone rather than in a
+batch of two (other matrix shapes, other summation orders). NOISE_ATOL = 1e-5 leaves a 7× margin over
+the largest measured difference and is 1e-5 relative to the noise; PIXEL_ATOL = 1e-5 (as in the
+pipeline parity test) leaves 12×, 400× below one uint8 level. After rounding to uint8 at most one
+pixel value in 6,144 differed, by one level.
+
+Times on this 2-core machine, one thread: export of the tiny fused graph ≈ 15–25 s with the dynamo
+exporter, ≈ 2 s with the torchscript one; torch.compile with aot_eager ≈ 5–8 s; with inductor ≈ 100 s
+on an empty inductor cache (≈ 9–17 s warm), hence `slow`. TensorRT and the GPU providers are not
+installed here: their tests check what needs no runtime (cache keys, messages, profile bounds, the
+options a GPU session would get).
+"""
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from echobench.diffusion_models import (  # noqa: E402
+    MODELS, SD15_CONTROLNET, SD15_UNET, build_components, default_resolution, parameter_counts,
+)
+from echobench.echomod import ENGINES, make_modifier  # noqa: E402
+from echobench.echomod_diffusion import (  # noqa: E402
+    TINY_RESOLUTION, engine_option_defaults, make_diffusion_modifier, make_engine, tiny_components,
+)
+from echobench.errors import EchobenchError  # noqa: E402
+from engines.export import graph_key, key_digest  # noqa: E402
+from engines.shapes import StepShapes, check_rows  # noqa: E402
+from engines.tensorrt.config import TensorRTConfig, find_plan, plan_digest, plan_key, profile_rows  # noqa: E402
+
+NOISE_ATOL = 1e-5  # see the module docstring
+PIXEL_ATOL = 1e-5
+UINT8_EQUAL_FRACTION = 0.999
+CLASS_NAMES = ["cat", "aquarium_fish"]
+DATASET_SIZE = 16
+OPTIONS = {"model": "tiny", "batch_size": 2}  # 20 UniPC steps, guidance 7.5: the paper's defaults
+
+
+@pytest.fixture(scope="module")
+def components():
+    return tiny_components(0)
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("engine-cache"))
+
+
+def modifier(engine, components, **options):
+    return make_diffusion_modifier(engine, "cifar10", CLASS_NAMES, DATASET_SIZE, {**OPTIONS, **options}, "cpu",
+                                   components=components)
+
+
+def inputs(n: int = 2):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, DATASET_SIZE, DATASET_SIZE, 3), dtype=np.uint8)
+    return images, np.arange(n) % len(CLASS_NAMES), np.array([11, 2**62 + 5, 7][:n])
+
+
+def step(eager):
+    """One denoising step's inputs: 2 images × (unconditional, conditional) rows."""
+    g = torch.Generator().manual_seed(1)
+    uncond, cond = eager.prompts.unconditional(), [eager.prompts.conditional(y) for y in (0, 1)]
+    text = torch.cat([uncond, uncond, *cond])
+    return (torch.randn(4, 4, 16, 16, generator=g), torch.tensor(961), text,
+            (torch.rand(4, 3, TINY_RESOLUTION, TINY_RESOLUTION, generator=g) > 0.8).float(), 1.0)
+
+
+def one_image(args):
+    """The step of the first image alone (its unconditional and conditional rows)."""
+    latents, t, text, control, scale = args
+    rows = [0, 2]
+    return latents[rows], t, text[rows], control[rows], scale
+
+
+@pytest.fixture(scope="module")
+def reference(components):
+    """Eager noise predictions and pixels (full batch, and the first image alone)."""
+    eager = modifier("eager", components)
+    args = step(eager)
+    images, labels, seeds = inputs()
+    with torch.inference_mode():
+        noise = eager.engine.denoise(*args)
+        noise_one = eager.engine.denoise(*one_image(args))
+    return {"args": args, "noise": noise, "noise_one": noise_one,
+            "pixels": eager.generate_pixels(images, labels, seeds),
+            "pixels_one": eager.generate_pixels(images[:1], labels[:1], seeds[:1])}
+
+
+def check_parity(echomod, reference):
+    """The engine's noise and pixels against eager's, full batch and one image (padded)."""
+    args = reference["args"]
+    with torch.inference_mode():
+        noise = echomod.engine.denoise(*args)
+        noise_one = echomod.engine.denoise(*one_image(args))
+    assert noise.shape == reference["noise"].shape and noise.dtype == torch.float32
+    assert (noise - reference["noise"]).abs().max().item() <= NOISE_ATOL
+    assert (noise_one - reference["noise_one"]).abs().max().item() <= NOISE_ATOL
+    images, labels, seeds = inputs()
+    pixels = echomod.generate_pixels(images, labels, seeds)
+    pixels_one = echomod.generate_pixels(images[:1], labels[:1], seeds[:1])
+    assert np.abs(pixels - reference["pixels"]).max() <= PIXEL_ATOL
+    assert np.abs(pixels_one - reference["pixels_one"]).max() <= PIXEL_ATOL
+    ours8, theirs8 = (np.round(p * 255).astype(int) for p in (pixels, reference["pixels"]))
+    assert np.abs(ours8 - theirs8).max() <= 1 and (ours8 == theirs8).mean() >= UINT8_EQUAL_FRACTION
+
+
+def test_parity_is_not_vacuous(reference):
+    """The tolerances are far below what a wrong input would change."""
+    assert reference["noise"].abs().max().item() > 1e4 * NOISE_ATOL
+    assert np.abs(reference["pixels"][0] - reference["pixels"][1]).max() > 1e4 * PIXEL_ATOL
+
+
+# ------------------------------------------------------------------------------------------ compile
+
+
+@pytest.fixture(scope="module")
+def compile_modifier(components):
+    """aot_eager traces the fused step exactly as inductor does (full graph, fixed shapes) without
+    generating code."""
+    return modifier("compile", components, backend="aot_eager")
+
+
+def test_compile_matches_eager_without_recompiling(compile_modifier, reference, monkeypatch):
+    """A padded last batch must reuse the one compiled graph: recompiling is made an error."""
+    assert compile_modifier.engine.build_info["rows"] == 4
+    assert compile_modifier.config()["engine_config"]["mode"] == "default"
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    check_parity(compile_modifier, reference)
+    images, labels, seeds = inputs(3)
+    out = compile_modifier.generate(images, labels, seeds)  # batches of 2 and 1 (padded)
+    assert out.shape == images.shape and out.dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_matches_eager(components, reference):
+    """The default CPU backend; ≈ 100 s to compile on one thread with an empty inductor cache."""
+    echomod = modifier("compile", components)
+    assert echomod.config()["engine_config"]["backend"] == "inductor"
+    check_parity(echomod, reference)
+
+
+def test_compile_settings():
+    from engines.compile import CompileConfig
+
+    assert CompileConfig().resolve("cuda").mode == "reduce-overhead"  # CUDA graphs on a GPU
+    assert CompileConfig().resolve("cpu").mode == "default"
+    assert CompileConfig(backend="aot_eager").resolve("cuda").mode == "default"
+    with pytest.raises(EchobenchError, match="CUDA graphs"):
+        CompileConfig(mode="reduce-overhead").resolve("cpu")
+    with pytest.raises(EchobenchError, match="unknown mode"):
+        CompileConfig(mode="fast")
+
+
+# -------------------------------------------------------------------------------------- onnxruntime
+
+
+@pytest.fixture(scope="module")
+def onnx_modifier(components, engine_cache):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    return modifier("onnxruntime", components, cache_dir=engine_cache)
+
+
+@pytest.mark.onnx
+def test_onnxruntime_matches_eager(onnx_modifier, reference):
+    """The default exporter (dynamo) and the CPU provider, on one thread like torch."""
+    info = onnx_modifier.engine.build_info
+    assert info["provider"] == "cpu" and not info["onnx_reused"] and info["export_seconds"] > 0
+    assert onnx_modifier.engine.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    assert onnx_modifier.config()["engine_config"] == {"name": "onnxruntime", "provider": "cpu",
+                                                      "exporter": "dynamo", "opset": 18}
+    check_parity(onnx_modifier, reference)
+
+
+@pytest.mark.onnx
+def test_onnx_graph_is_reused_and_rebuilt_when_its_key_changes(onnx_modifier, components, engine_cache,
+                                                                monkeypatch):
+    import engines.export as export
+
+    exports = []
+    real_export = export._export
+    monkeypatch.setattr(export, "_export", lambda *a, **k: exports.append(a[3]) or real_export(*a, **k))
+    first = onnx_modifier.engine.build_info
+    again = modifier("onnxruntime", components, cache_dir=engine_cache).engine.build_info
+    assert exports == [] and again["onnx_reused"] and again["export_seconds"] == 0
+    assert again["onnx_path"] == first["onnx_path"]
+    # Another exporter, and other weights: new keys, new exports (torchscript: ~2 s each).
+    other_exporter = modifier("onnxruntime", components, cache_dir=engine_cache, exporter="torchscript")
+    other_weights = modifier("onnxruntime", tiny_components(1), cache_dir=engine_cache, exporter="torchscript")
+    infos = [e.engine.build_info for e in (other_exporter, other_weights)]
+    assert exports == ["torchscript", "torchscript"] and not any(i["onnx_reused"] for i in infos)
+    assert len({first["onnx_path"], *(i["onnx_path"] for i in infos)}) == 3
+    # The torchscript graph runs the same step.
+    args = step(onnx_modifier)
+    with torch.inference_mode():
+        a, b = onnx_modifier.engine.denoise(*args), other_exporter.engine.denoise(*args)
+    assert (a - b).abs().max().item() <= NOISE_ATOL
+    meta = json.loads((Path(first["onnx_path"]).parent / "meta.json").read_text())
+    assert meta["torch"] == torch.__version__ and meta["opset"] == 18 and meta["dtype"] == "float32"
+
+
+def test_onnx_key_covers_shapes_dtype_opset_and_torch(components, monkeypatch):
+    pytest.importorskip("onnxscript")
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 2, guidance=True)
+    base = graph_key("model-digest", shapes, "float32", "cpu", 18, "dynamo")
+    variants = [
+        graph_key("other-digest", shapes, "float32", "cpu", 18, "dynamo"),
+        graph_key("model-digest", StepShapes.for_components(components, 64, 2, True), "float32", "cpu", 18, "dynamo"),
+        graph_key("model-digest", shapes, "float16", "cpu", 18, "dynamo"),
+        graph_key("model-digest", shapes, "float32", "cpu", 17, "dynamo"),
+    ]
+    monkeypatch.setattr(torch, "__version__", "0.0-other")
+    variants.append(graph_key("model-digest", shapes, "float32", "cpu", 18, "dynamo"))
+    digests = {key_digest(k) for k in [base, *variants]}
+    assert len(digests) == 6
+    # The batch size is not part of it: the graph's batch axis is dynamic.
+    monkeypatch.undo()
+    bigger = StepShapes.for_components(components, TINY_RESOLUTION, 8, guidance=True)
+    assert key_digest(graph_key("model-digest", bigger, "float32", "cpu", 18, "dynamo")) == key_digest(base)
+
+
+def test_onnxruntime_provider_choice(components, engine_cache):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(EchobenchError, match="onnxruntime-gpu"):
+        modifier("onnxruntime", components, provider="tensorrt", cache_dir=engine_cache)
+    with pytest.raises(EchobenchError, match="unknown provider"):
+        modifier("onnxruntime", components, provider="directml")
+
+
+def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path):
+    """What a GPU session would be given, checked with a stand-in for onnxruntime-gpu's provider list:
+    TensorRT first (engine and timing caches on, one profile from one image to a full batch, FP16
+    for a float16 graph), then CUDA, then the CPU."""
+    from engines.onnxruntime.config import OnnxRuntimeConfig
+    from engines.onnxruntime.engine import OnnxRuntimeEngine
+
+    gpu_ort = types.SimpleNamespace(get_available_providers=lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 4, guidance=True)
+    engine = OnnxRuntimeEngine(OnnxRuntimeConfig(cache_dir=str(tmp_path)), shapes, "cuda:0")
+    assert engine._providers(gpu_ort) == ["tensorrt", "cuda", "cpu"]
+    options = engine._provider_options("tensorrt", "graphkey", torch.float16)
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"] and options["trt_fp16_enable"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / "onnxruntime-tensorrt" / "graphkey")
+    assert options["trt_profile_min_shapes"] == \
+        "sample:2x4x16x16,encoder_hidden_states:2x77x32,controlnet_cond:2x3x32x32"
+    assert options["trt_profile_max_shapes"] == options["trt_profile_opt_shapes"] == \
+        "sample:8x4x16x16,encoder_hidden_states:8x77x32,controlnet_cond:8x3x32x32"
+    assert engine._provider_options("cuda", "graphkey", torch.float16) == {"device_id": 0}
+    explicit = OnnxRuntimeEngine(OnnxRuntimeConfig(provider="tensorrt"), shapes, "cuda:0")
+    assert explicit._providers(gpu_ort) == ["tensorrt", "cuda", "cpu"]
+    cpu_only = types.SimpleNamespace(get_available_providers=lambda: ["CPUExecutionProvider"])
+    with pytest.warns(UserWarning, match="install onnxruntime-gpu"):
+        assert engine._providers(cpu_only) == ["cpu"]
+    with pytest.raises(EchobenchError, match="needs a CUDA device"):
+        OnnxRuntimeEngine(OnnxRuntimeConfig(provider="cuda"), shapes, "cpu")._providers(gpu_ort)
+
+
+# -------------------------------------------------------------------------- missing runtimes, bounds
+
+
+@pytest.mark.parametrize("engine, module, extra", [
+    ("onnxruntime", "onnxruntime", "onnx"),
+    ("tensorrt", "tensorrt", "tensorrt"),
+])
+def test_a_missing_runtime_names_the_extra(engine, module, extra, monkeypatch):
+    """Checked before the model is loaded: sd15's checkpoints are not even looked for."""
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(EchobenchError, match=rf"pip install 'echobench\[{extra}\]'"):
+        make_modifier(engine, "cifar10", CLASS_NAMES, DATASET_SIZE, {}, "cpu")
+
+
+def test_tensorrt_needs_a_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    with pytest.raises(EchobenchError, match="needs a CUDA device"):
+        make_modifier("tensorrt", "cifar10", CLASS_NAMES, DATASET_SIZE, {}, "cpu")
+
+
+def test_steps_outside_what_an_engine_was_built_for_are_errors(compile_modifier, components, reference):
+    latents, t, text, control, scale = reference["args"]
+    two = [torch.cat([x, x]) for x in (latents, text, control)]  # 4 images: more than batch_size=2
+    with pytest.raises(EchobenchError, match=r"outside its fixed batch: 2\.\.4 rows"):
+        compile_modifier.engine.denoise(two[0], t, two[1], two[2], scale)
+    images, labels, seeds = inputs(3)
+    with pytest.raises(EchobenchError, match="batch_size=2"):
+        compile_modifier.generate_pixels(images, labels, seeds)
+    # TensorRT's profile: one image to a full batch.
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 4, guidance=True)
+    low, opt, high = profile_rows(shapes)
+    assert (low, opt, high) == (2, 8, 8)
+    check_rows("tensorrt", 6, low, high, shapes, "its optimisation profile")
+    with pytest.raises(EchobenchError, match=r"outside its optimisation profile: 2\.\.8 rows.*1 to 4 images"):
+        check_rows("tensorrt", 10, low, high, shapes, "its optimisation profile")
+
+
+def test_tensorrt_plan_cache_keys(components, tmp_path):
+    """A plan is reused for the same GPU, TensorRT version, graph and shapes; otherwise a new one is
+    built and the message says what differs from the cached ones."""
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 4, guidance=True)
+    settings = TensorRTConfig()
+    built = plan_key("graph", shapes, settings, "NVIDIA A100-SXM4-80GB", "8.0", "10.3.0")
+    (tmp_path / f"{plan_digest(built)}.plan").write_bytes(b"plan")
+    (tmp_path / f"{plan_digest(built)}.json").write_text(json.dumps(built))
+    assert find_plan(tmp_path, plan_key("graph", shapes, settings, "NVIDIA A100-SXM4-80GB", "8.0", "10.3.0")) == \
+        (tmp_path / f"{plan_digest(built)}.plan", None)
+    plan, message = find_plan(tmp_path, plan_key("graph", shapes, settings, "NVIDIA H100 80GB HBM3", "9.0", "10.7.0"))
+    assert plan is None
+    assert "GPU 'NVIDIA A100-SXM4-80GB' → 'NVIDIA H100 80GB HBM3'" in message
+    assert "TensorRT '10.3.0' → '10.7.0'" in message
+    bigger = StepShapes.for_components(components, TINY_RESOLUTION, 8, guidance=True)
+    plan, message = find_plan(tmp_path, plan_key("graph", bigger, settings, "NVIDIA A100-SXM4-80GB", "8.0", "10.3.0"))
+    assert plan is None and "profile rows (min, opt, max) [2, 8, 8] → [2, 16, 16]" in message
+    larger = StepShapes.for_components(components, 64, 4, guidance=True)
+    _, message = find_plan(tmp_path, plan_key("graph", larger, settings, "NVIDIA A100-SXM4-80GB", "8.0", "10.3.0"))
+    assert "shapes (control_size, latent_size)" in message
+    assert find_plan(tmp_path / "empty", built) == (None, None)
+
+
+# --------------------------------------------------------------------------- registry, models, options
+
+
+def test_engines_are_registered_with_their_options():
+    assert {"eager", "compile", "onnxruntime", "tensorrt"} <= set(ENGINES.names())
+    assert engine_option_defaults("compile") == {"backend": "inductor", "mode": "auto", "fullgraph": True,
+                                                 "channels_last": None}
+    assert set(engine_option_defaults("onnxruntime")) == {"provider", "exporter", "opset", "threads", "cache_dir"}
+    assert "fp16" in engine_option_defaults("tensorrt")
+    with pytest.raises(EchobenchError, match="Did you mean 'backend'"):
+        make_diffusion_modifier("compile", "cifar10", CLASS_NAMES, DATASET_SIZE, {"backnd": "eager"}, "cpu")
+    with pytest.raises(EchobenchError, match="shapes="):
+        make_engine("compile", "cpu")
+
+
+def test_model_configs():
+    """sd15 is written out from the public checkpoints' config.json files: the parameter counts on
+    torch's meta device match the published ones (UNet 859.5 M, VAE 83.7 M, CLIP text 123.1 M;
+    ControlNet canny 361.3 M)."""
+    assert set(MODELS) == {"sd15", "tiny"} and default_resolution("sd15") == 512
+    assert default_resolution("tiny") == TINY_RESOLUTION
+    assert SD15_UNET["block_out_channels"] == SD15_CONTROLNET["block_out_channels"] == (320, 640, 1280, 1280)
+    assert SD15_UNET["cross_attention_dim"] == SD15_CONTROLNET["cross_attention_dim"] == 768
+    assert parameter_counts("sd15") == {"unet": 859_520_964, "controlnet": 361_279_120, "vae": 83_653_863,
+                                        "text_encoder": 123_060_480}
+    with pytest.raises(EchobenchError, match="Did you mean 'sd15'"):
+        build_components("sd1.5")
+
+
+def test_random_init_and_the_cache_key(components):
+    """tiny with random_init: the same architecture with diffusers' own initialisation (under the
+    same seeds as the test weights, so only the ControlNet's zero convolutions differ: they stay
+    zero); the model identity enters EchoMod's config (and so its cache key) only when it is not the
+    default."""
+    fresh = build_components("tiny", random_init=True)
+    assert torch.equal(fresh.unet.conv_in.weight, components.unet.conv_in.weight)
+    assert fresh.controlnet.controlnet_mid_block.weight.abs().max().item() == 0
+    assert components.controlnet.controlnet_mid_block.weight.abs().max().item() > 0
+    other_seed = build_components("tiny", random_init=True, seed=1)
+    assert not torch.equal(other_seed.unet.conv_in.weight, components.unet.conv_in.weight)
+    config = modifier("eager", fresh, random_init=True, steps=1).config()
+    assert config["model"] == "tiny" and config["random_init"] is True and config["resolution"] == TINY_RESOLUTION
+    default = modifier("eager", components, model="sd15", resolution=TINY_RESOLUTION).config()
+    assert "model" not in default and "random_init" not in default
+
+
+def test_importing_the_engines_stays_light(subprocess_env):
+    """Listing engines or reading their settings must not import torch or a runtime."""
+    code = ("import sys, echobench.echomod, echobench.diffusion_models, engines.compile, engines.onnxruntime, "
+            "engines.tensorrt, engines.shapes, engines.export; "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'onnxruntime', 'onnx', 'tensorrt') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env)
