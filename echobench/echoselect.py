@@ -158,9 +158,6 @@ def separation(similarity: np.ndarray, is_clean: np.ndarray, tau: float, *, stri
 
 def plot_histograms(similarity: np.ndarray, is_clean: np.ndarray, tau: float, path, title: str) -> None:
     """Figure 3: similarity histograms of clean vs noisy samples with τ marked, as a PNG (atomic)."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,9 +174,19 @@ def plot_histograms(similarity: np.ndarray, is_clean: np.ndarray, tau: float, pa
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hist.", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
+    save_png(fig, path)
+
+
+def save_png(fig, path) -> None:
+    """Write a matplotlib figure as PNG to a temporary name, rename it over `path`, close the figure."""
+    import os
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".figure.", suffix=".png", dir=folder)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)

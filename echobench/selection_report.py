@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .echoalign import EchoAlignParams, modify_pairs, resolve_tau, similarity_of_pairs
-from .echoselect import TABLE4_PRECISIONS, plot_histograms, separation, table4_view, tau_sweep
+from .echoselect import TABLE4_PRECISIONS, plot_histograms, save_png, separation, table4_view, tau_sweep
 from .errors import EchobenchError
 from .modcache import SHARD_SIZE
 from .protocols import get_protocol
@@ -144,9 +144,6 @@ def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: li
 
 def plot_tau_sweep(rows: list[dict], tau: float, path: Path) -> None:
     """Figure 4b: precision, recall and kept share of EchoSelect's originals against τ (atomic PNG)."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,16 +158,7 @@ def plot_tau_sweep(rows: list[dict], tau: float, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".sweep.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_png(fig, path)
 
 
 def _pvalue(p: float) -> str:
