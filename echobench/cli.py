@@ -211,15 +211,18 @@ def cmd_run(args) -> int:
     cells = suite.expand(args.seeds)
     out = Path(args.out or Path("runs") / suite.name)
     if args.dry_run:
+        from .dry_run import dry_run_summary, format_dry_run
+
         rows = [{"run_id": c.run_id, "dataset": c.dataset, "noise": c.noise, "method": c.method, "seed": c.seed,
                  "protocol": c.protocol["name"]} for c in cells]
+        summary = dry_run_summary(cells, args.data_root)
         if args.json:
-            print(json.dumps({"suite": suite.name, "cells": rows}, indent=2))
+            print(json.dumps({"suite": suite.name, "out": str(out), **summary, "cells": rows}, indent=2))
         else:
             from tabulate import tabulate
 
             print(tabulate(rows, headers="keys"))
-            print(f"\n{len(cells)} cells; results would go to {out}")
+            print(f"\n{format_dry_run(summary)}\nResults would go to {out}")
         return 0
     from .report import write_reports
     from .runner import run_suite

@@ -17,3 +17,36 @@ def test_paper_suite_cell_counts_and_sharing():
     assert set(paper) == set(t1) | set(t2) | set(t3) and len(paper) == 528
     assert {c.protocol["name"] for c in paper.values()} == {"paper"}
     assert {c.protocol["model"] for c in paper.values()} == {"auto"}  # ResNet-18 / ResNet-34 by class count
+
+
+def test_dry_run_counts_distinct_echomod_pairs(cli):
+    import json
+
+    import numpy as np
+
+    from echobench.noise import split_train_val
+    from echobench.runner import get_dataset, make_noisy_labels
+    from echobench.seeding import numpy_rng
+    from echobench.suite import parse_suite
+
+    raw = {"name": "pairs", "datasets": {"shapes": {"n_train": 500, "n_test": 50}},
+           "noise": ["symmetric:0.3", "symmetric:0.5"], "methods": ["ce", "echoalign", "im-only"], "seeds": [1],
+           "protocol": "smoke"}
+    cells = parse_suite(raw, "test").expand()
+    from echobench.dry_run import dry_run_summary
+
+    summary = dry_run_summary(cells)
+    (key, pairs), = summary["echomod"]["pairs"].items()
+    # independent count: the training split is the same for both settings (same seed), so the union
+    # is every training index once plus the indices whose two noisy labels differ
+    a, b = (c for c in cells if c.method == "echoalign")
+    data = get_dataset("shapes", a.dataset_options, None)
+    train, _ = split_train_val(500, numpy_rng(1, "split"), 0.1)
+    la, lb = (make_noisy_labels(c, data).labels[train] for c in (a, b))
+    assert pairs == len(train) + int(np.sum(la != lb))
+    assert summary["echomod"]["requested"][key] == 4 * len(train)  # 2 aligning methods × 2 settings
+    assert summary["cells_per_method"] == {"ce": 2, "echoalign": 2, "im-only": 2}
+    # the CLI prints the same in JSON; a dataset that is not on disk is reported, never downloaded
+    code, out, _ = cli("run", "--suite", "table3", "--dry-run", "--json", "--data-root", "/nonexistent-data-root")
+    doc = json.loads(out)
+    assert code == 0 and doc["cells_per_method"]["im-only"] == 12 and set(doc["echomod"]["unavailable"]) == {"cifar10", "cifar100"}

@@ -1,0 +1,99 @@
+"""What a suite will cost before it runs: cells, EchoMod's distinct pairs, projected GPU-hours.
+
+EchoMod generates one image per distinct (dataset, training index, noisy label) among the cells of
+the EchoAlign methods (`echoalign`, `echoalign-released`, `im-only`, `echoselect-only`): a pair made
+for one noise setting or seed serves every other cell that needs it (`echobench.modcache`). Counting
+them needs each cell's noisy labels and split, exactly as the runner draws them, so it needs the
+dataset's labels (and images, for instance-dependent noise); a dataset that is not available here is
+reported as such instead of guessed.
+
+GPU-hours of EchoMod are projected at the paper's own rates (appendix D: V100-SXM2, 512², batch 16,
+1.24 s per image; RTX 4090, 512², batch 8, 0.61 s per image) — projections, not measurements.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from .errors import EchobenchError
+
+ALIGNING_METHODS = ("echoalign", "echoalign-released", "im-only", "echoselect-only")
+
+
+def echomod_pairs(cells, data_root: str | None = None) -> dict[str, Any]:
+    """Distinct (index, label) pairs per dataset key over the aligning cells, and cells needing them."""
+    from .modcache import dataset_key
+    from .noise import split_train_val
+    from .protocols import Protocol
+    from .runner import get_dataset, make_noisy_labels
+    from .seeding import numpy_rng
+
+    per_dataset: dict[str, set] = defaultdict(set)
+    requested: dict[str, int] = defaultdict(int)
+    unavailable: dict[str, str] = {}
+    train_sizes: dict[tuple, int] = {}  # setting → training-split size, counted once per setting
+    for spec in cells:
+        if spec.method not in ALIGNING_METHODS:
+            continue
+        key = dataset_key(spec.dataset, spec.dataset_options)
+        setting = (key, spec.noise, spec.seed, spec.protocol["val_fraction"])
+        if key in unavailable:
+            continue
+        if setting in train_sizes:  # the same noisy labels and split as a cell already counted
+            requested[key] += train_sizes[setting]
+            continue
+        # a dry run never downloads: a dataset that is not on disk is reported as unavailable
+        options = dict(spec.dataset_options) if spec.dataset == "shapes" else {**spec.dataset_options, "download": False}
+        try:
+            data = get_dataset(spec.dataset, options, data_root)
+        except EchobenchError as exc:
+            unavailable[key] = str(exc).splitlines()[0]
+            continue
+        noisy = make_noisy_labels(spec, data)
+        protocol = Protocol(**{**spec.protocol, "milestones": tuple(spec.protocol["milestones"])})
+        train_idx, _ = split_train_val(len(noisy.labels), numpy_rng(spec.seed, "split"), protocol.val_fraction)
+        pairs = train_idx.astype(np.int64) * (1 << 20) + noisy.labels[train_idx].astype(np.int64)
+        per_dataset[key].update(pairs.tolist())
+        train_sizes[setting] = len(train_idx)
+        requested[key] += len(train_idx)
+    return {"pairs": {k: len(v) for k, v in per_dataset.items()}, "requested": dict(requested),
+            "unavailable": unavailable}
+
+
+def projected_hours(pairs: int) -> dict[str, float]:
+    """EchoMod GPU-hours for `pairs` images at the paper's measured rates (projections)."""
+    from .runtime_report import paper_efficiencies
+
+    return {gpu: round(pairs * row["seconds_per_image"] / 3600, 2) for gpu, row in paper_efficiencies().items()}
+
+
+def dry_run_summary(cells, data_root: str | None = None, count_pairs: bool = True) -> dict[str, Any]:
+    by_method: dict[str, int] = defaultdict(int)
+    for c in cells:
+        by_method[c.method] += 1
+    out: dict[str, Any] = {"cells": len(cells), "cells_per_method": dict(sorted(by_method.items()))}
+    if count_pairs and any(c.method in ALIGNING_METHODS for c in cells):
+        pairs = echomod_pairs(cells, data_root)
+        total = sum(pairs["pairs"].values())
+        out["echomod"] = {**pairs, "total_pairs": total,
+                          "projected_gpu_hours": {"basis": "paper appendix D rates at 512² (projection)",
+                                                  **projected_hours(total)}}
+    return out
+
+
+def format_dry_run(summary: dict[str, Any]) -> str:
+    lines = [f"{summary['cells']} cells: " + ", ".join(f"{m} {n}" for m, n in summary["cells_per_method"].items())]
+    e = summary.get("echomod")
+    if e:
+        for key, n in e["pairs"].items():
+            lines.append(f"EchoMod pairs for {key}: {n:,} distinct (of {e['requested'][key]:,} requested by the cells)")
+        for key, why in e["unavailable"].items():
+            lines.append(f"EchoMod pairs for {key}: not counted, the dataset is not available here ({why})")
+        hours = e["projected_gpu_hours"]
+        if e["total_pairs"]:
+                lines.append(f"EchoMod projected GPU-hours for {e['total_pairs']:,} pairs at the paper's rates (projection): "
+                         f"V100 {hours['v100']}, RTX 4090 {hours['rtx4090']}")
+    return "\n".join(lines)
