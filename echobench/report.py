@@ -164,6 +164,56 @@ def to_csv(tables: list[Table], metric: str) -> str:
     return buf.getvalue()
 
 
+PAPER_TABLES = ("table1", "table2", "table3")
+
+
+def paper_comparison(tables: list[Table]) -> list[dict[str, Any]]:
+    """Each of our entries that the paper's Tables 1–3 also report, with the paper's value and the
+    difference (ours − paper, percentage points). The paper's numbers are its reported accuracies
+    (`echobench.paper_reference`), whatever `metric` our side uses."""
+    from .paper_reference import paper_value
+
+    out = []
+    for t in tables:
+        for (m, n), e in sorted(t.entries.items()):
+            for table in PAPER_TABLES:
+                value = paper_value(table, t.dataset, n, m)
+                if value is not None:
+                    out.append({"dataset": t.dataset, "method": m, "noise": n, "paper_table": table,
+                                "ours_mean": round(e.mean, 2), "ours_std": round(e.std, 2), "n_seeds": len(e.values),
+                                "paper_mean": value[0], "paper_std": value[1], "difference": round(e.mean - value[0], 2)})
+                    break
+    return out
+
+
+def paper_markdown(tables: list[Table], comparison: list[dict[str, Any]]) -> str:
+    """Our tables again with the paper's number and the difference in each entry the paper reports."""
+    from tabulate import tabulate
+
+    by_key = {(c["dataset"], c["method"], c["noise"]): c for c in comparison}
+    parts = ["## Beside the paper\n",
+             "Each entry: ours (mean ± std) / the paper's (mean ± std) / ours − paper, in percentage points.\n"]
+    for t in tables:
+        if not any(k[0] == t.dataset for k in by_key):
+            continue
+        headers = ["method"] + [NoiseSpec.parse(n).label() for n in t.noises]
+        rows = []
+        for m in t.methods:
+            row = [m]
+            for n in t.noises:
+                c = by_key.get((t.dataset, m, n))
+                if c is None:
+                    row.append("—")
+                    continue
+                paper = f"{c['paper_mean']:.2f}" + (f" ± {c['paper_std']:.2f}" if c["paper_std"] is not None else "")
+                row.append(f"{c['ours_mean']:.2f} ± {c['ours_std']:.2f} / {paper} / {c['difference']:+.2f}")
+            rows.append(row)
+        tables_used = sorted({c["paper_table"] for c in comparison if c["dataset"] == t.dataset})
+        parts.append(f"### {t.dataset} (paper: {', '.join(tables_used)})\n")
+        parts.append(tabulate(rows, headers, tablefmt="pipe", stralign="center") + "\n")
+    return "\n".join(parts)
+
+
 def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str, Any]:
     """Write report.{md,tex,csv,json} into `results_dir`; return the JSON document."""
     tables, info = collect(results_dir, metric)
@@ -174,6 +224,10 @@ def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str
            "cells": {k: info[k] for k in ("finished", "failed", "pending")},
            "results": to_records(tables, metric), "environments": list(info["environments"].values())}
     markdown = to_markdown(tables, metric)
+    comparison = paper_comparison(tables)
+    if comparison:  # a dataset the paper reports (CIFAR-10/100, CIFAR-10N): its numbers beside ours
+        doc["paper"] = comparison
+        markdown += "\n" + paper_markdown(tables, comparison)
     atomic_write_text(root / "report.md", markdown)
     atomic_write_text(root / "report.tex", to_latex(tables, metric))
     atomic_write_text(root / "report.csv", to_csv(tables, metric))

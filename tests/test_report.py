@@ -7,7 +7,7 @@ from echobench.report import collect, to_csv, to_latex, to_markdown, write_repor
 from echobench.store import Store
 
 
-def fake_results(root, values):
+def fake_results(root, values, dataset="shapes"):
     """values: {(method, noise): [acc per seed]} → a results directory with those test accuracies."""
     store = Store(root)
     store.claim("fake")
@@ -16,7 +16,7 @@ def fake_results(root, values):
         for seed, acc in enumerate(accs, start=1):
             rid = f"cell{n:04d}"
             n += 1
-            spec = {"dataset": "shapes", "noise": noise, "method": method, "seed": seed}
+            spec = {"dataset": dataset, "noise": noise, "method": method, "seed": seed}
             store.write(rid, "config.json", {"spec": spec, "environment": {"git": "abc", "device": {"name": "cpu"}}})
             metrics = {"test_acc_best_val": acc, "test_acc_last": acc - 0.01, "test_acc_oracle": acc + 0.01}
             store.write(rid, "result.json", {"metrics": metrics})
@@ -80,3 +80,22 @@ def test_report_cli(cli, tmp_path):
 def test_unknown_metric_is_refused(tmp_path):
     with pytest.raises(EchobenchError, match="unknown metric"):
         collect(fake_results(tmp_path, VALUES), "median")
+
+
+def test_cifar_results_are_reported_beside_the_paper(tmp_path):
+    from echobench.paper_reference import paper_value
+
+    values = {("ce", "symmetric:0.5"): [0.70, 0.72], ("im-only", "instance:0.5"): [0.60, 0.62],
+              ("echoalign-released", "symmetric:0.5"): [0.80, 0.80]}
+    doc = write_reports(fake_results(tmp_path, values, dataset="cifar10"))
+    by_method = {c["method"]: c for c in doc["paper"]}
+    assert set(by_method) == {"ce", "im-only"}  # the released recipe is not a row of the paper
+    ce_paper = paper_value(1, "cifar10", "symmetric:0.5", "ce")
+    assert by_method["ce"]["paper_table"] == "table1" and by_method["ce"]["paper_mean"] == ce_paper[0]
+    assert by_method["ce"]["difference"] == pytest.approx(71.0 - ce_paper[0], abs=0.01)
+    assert by_method["im-only"]["paper_table"] == "table3" and by_method["im-only"]["paper_std"] is None
+    md = (tmp_path / "report.md").read_text()
+    assert "## Beside the paper" in md and f"/ {ce_paper[0]:.2f}" in md
+    # shapes results have no paper counterpart: no such section
+    doc = write_reports(fake_results(tmp_path / "s", VALUES))
+    assert "paper" not in doc and "Beside the paper" not in (tmp_path / "s" / "report.md").read_text()
