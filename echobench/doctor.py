@@ -6,8 +6,11 @@ import importlib.util
 import os
 from typing import Any
 
+from engines.export import engine_cache_root
+
 from .datasets.base import DATA_ENV, data_root
 from .environment import cpu_name, git_revision, package_versions
+from .modcache import cache_root
 
 # extra → the modules it provides (see pyproject.toml's optional-dependencies)
 EXTRAS = {
@@ -41,6 +44,8 @@ def doctor_report() -> dict[str, Any]:
         "data_root": str(root),
         "data_root_from": f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "default (~/.cache/echobench)",
         "cached_datasets": files,
+        "echomod_cache": str(cache_root()),
+        "engine_cache": str(engine_cache_root()),
     }
 
 
@@ -56,4 +61,6 @@ def format_doctor(doc: dict[str, Any]) -> str:
     lines.append(f"cuda: {', '.join(doc['devices']['cuda']) or 'no GPU visible'}")
     lines.append(f"data root: {doc['data_root']}  [{doc['data_root_from']}]")
     lines += [f"  {k:18s} {'present' if v else 'not downloaded'}" for k, v in doc["cached_datasets"].items()]
+    lines.append(f"EchoMod cache: {doc['echomod_cache']}  [$ECHOBENCH_CACHE or DATA_ROOT/echomod]")
+    lines.append(f"engine cache (ONNX graphs, TensorRT plans): {doc['engine_cache']}")
     return "\n".join(lines)
