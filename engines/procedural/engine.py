@@ -424,7 +424,7 @@ class ProceduralModifier:
 
     def config(self) -> dict[str, Any]:
         return {"engine": ENGINE_NAME, "version": ENGINE_VERSION, "dataset": "shapes",
-                "image_size": self.image_size, **asdict(self.settings)}  # fmt: skip
+                "image_size": self.image_size, **asdict(self.settings), **_implementation()}  # fmt: skip
 
     def recover(self, images: np.ndarray) -> list[Scene]:
         """The scene recovered from each image (for analysis and tests; `generate` uses the same)."""
@@ -487,6 +487,21 @@ def _check_ranges(config: ProceduralConfig) -> None:
         gain = getattr(config, name)
         if not math.isfinite(gain) or config.style_shift * gain <= -1.0:  # a factor <= 0 inverts the image
             raise EchobenchError(f"procedural engine: style_shift * {name} must be > -1, got {config.style_shift * gain}")
+
+
+@functools.lru_cache(maxsize=1)
+def _implementation() -> dict[str, str]:
+    """What else decides the output: the source of this engine and of the world's renderer, and the
+    OpenCV version (inpainting and resampling). Part of `config()`, hence of the cache key, so that an
+    edited engine never reads images an older version wrote under the same settings (regenerating
+    `shapes` pairs costs seconds)."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for path in (Path(__file__), Path(__file__).with_name("config.py"), Path(shapes.__file__)):
+        digest.update(path.read_bytes())
+    return {"source_sha256": digest.hexdigest()[:16], "opencv": cv2.__version__}
 
 
 def make_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
