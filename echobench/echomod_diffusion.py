@@ -33,6 +33,7 @@ supported (the canny ControlNet does not use it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -601,28 +602,12 @@ def make_diffusion_modifier(engine: str, dataset: str, class_names: list[str], i
     return DiffusionEchoMod(class_names, image_size, components, denoiser, config, device=device, progress=progress)
 
 
-def make_eager_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
-                        device: str, **kwargs: Any) -> DiffusionEchoMod:
-    """The "eager" engine's EchoMod (the reference: diffusers modules called directly)."""
-    return make_diffusion_modifier("eager", dataset, class_names, image_size, options, device, **kwargs)
-
-
-def make_compile_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
-                          device: str, **kwargs: Any) -> DiffusionEchoMod:
-    """The "compile" engine's EchoMod (torch.compile of the fused ControlNet + UNet step)."""
-    return make_diffusion_modifier("compile", dataset, class_names, image_size, options, device, **kwargs)
-
-
-def make_onnxruntime_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
-                              device: str, **kwargs: Any) -> DiffusionEchoMod:
-    """The "onnxruntime" engine's EchoMod (the fused step exported to ONNX, run by onnxruntime)."""
-    return make_diffusion_modifier("onnxruntime", dataset, class_names, image_size, options, device, **kwargs)
-
-
-def make_tensorrt_modifier(dataset: str, class_names: list[str], image_size: int, options: dict[str, Any],
-                           device: str, **kwargs: Any) -> DiffusionEchoMod:
-    """The "tensorrt" engine's EchoMod (a TensorRT plan of the fused step; CUDA only)."""
-    return make_diffusion_modifier("tensorrt", dataset, class_names, image_size, options, device, **kwargs)
+# One factory per engine name for the ENGINES registry (lazy "module:attr" entries): each is
+# `make_diffusion_modifier` with its engine bound.
+make_eager_modifier = functools.partial(make_diffusion_modifier, "eager")  # diffusers modules, the reference
+make_compile_modifier = functools.partial(make_diffusion_modifier, "compile")  # torch.compile of the fused step
+make_onnxruntime_modifier = functools.partial(make_diffusion_modifier, "onnxruntime")  # the step exported to ONNX
+make_tensorrt_modifier = functools.partial(make_diffusion_modifier, "tensorrt")  # a TensorRT plan; CUDA only
 
 
 # ------------------------------------------------------------------------ tiny random checkpoint
