@@ -25,6 +25,7 @@ import gc
 import resource
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 import numpy as np
@@ -89,9 +90,12 @@ def reference_pipeline(components, settings) -> Callable:
 
 def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tuple[str, ...] = ("eager",),
                   batch_sizes: tuple[int, ...] = (2,), resolution: int | None = None, steps: int = 20,
-                  repeats: int = 1, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+                  repeats: int = 1, device: str = "cpu", seed: int = 0,
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the bench (module docstring). Each engine is built once per batch size (the compiled and
-    exported engines are built for fixed step shapes); its build time is reported."""
+    exported engines are built for fixed step shapes); its build time is reported. `progress`, if
+    given, is called with the document so far (`"complete": False`) after every row and batch size,
+    so that a run cut short by a time limit still leaves what it measured."""
     import torch
     from PIL import Image
 
@@ -113,7 +117,7 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
         "config": config, "random_init": random_init, "resolution": resolution, "steps": steps,
         "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler, "device": device,
         "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "rows": {},
-        "environment": environment(device),
+        "environment": environment(device), "complete": False,
     }
     inputs = {}
     for bs in batch_sizes:
@@ -125,6 +129,16 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
     pipe = reference_pipeline(components, settings)
     reference_pixels: dict[int, np.ndarray] = {}
     rows: dict[str, dict] = {REFERENCE: {}}
+    doc["rows"] = rows
+
+    def report(name: str, bs: int | None = None) -> None:
+        entry = rows[name] if bs is None else rows[name].get(str(bs), {})
+        what = next((f"{k}: {entry[k]}" for k in ("unavailable", "unsupported") if k in entry), None)
+        what = what or f"{entry.get('images_per_s')} images/s, parity {entry.get('parity_max_abs', '-')}"
+        print(f"bench engines: {name}{'' if bs is None else f' batch {bs}'}: {what}", file=sys.stderr, flush=True)
+        if progress is not None:
+            doc["speedup_vs_reference"] = _speedups(rows)
+            progress(doc)
     for bs, (images, labels, seeds) in inputs.items():
         control = control_images(images, resolution, settings.canny_low, settings.canny_high)
         pil = [Image.fromarray((c.transpose(1, 2, 0) * 255).round().astype(np.uint8)) for c in control]
@@ -139,12 +153,14 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
         rows[REFERENCE][str(bs)] = _measure(run_reference, dev, repeats, bs, steps, None)
         if "pixels" in rows[REFERENCE][str(bs)]:
             reference_pixels[bs] = rows[REFERENCE][str(bs)].pop("pixels")
+        report(REFERENCE, bs)
     for name in engines:
         rows[name] = {}
         try:
             require_runtime(name, device)
         except EchobenchError as exc:  # runtime missing: say so, go on
             rows[name] = {"unavailable": str(exc)}
+            report(name)
             continue
         for bs, (images, labels, seeds) in inputs.items():
             try:
@@ -154,8 +170,9 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
                 echomod = DiffusionEchoMod(class_names, 32, components, engine,
                                            dataclasses.replace(settings, batch_size=bs), device=device)
                 build_s = time.perf_counter() - built
-            except EchobenchError as exc:
-                rows[name][str(bs)] = {"unsupported": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - recorded in the row; the other rows still run
+                rows[name][str(bs)] = _failure(exc, device)
+                report(name, bs)
                 continue
             result = _measure(lambda: echomod.generate_pixels(images, labels, seeds), dev, repeats, bs, steps,
                               reference_pixels.get(bs))
@@ -165,8 +182,11 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
             rows[name][str(bs)] = result
             echomod.close()
             gc.collect()
-    doc["rows"] = rows
+            report(name, bs)
     doc["speedup_vs_reference"] = _speedups(rows)
+    doc["complete"] = True
+    if progress is not None:
+        progress(doc)
     return doc
 
 
@@ -175,12 +195,8 @@ def _measure(run, device, repeats: int, batch: int, steps: int, reference: np.nd
 
     try:
         seconds, pixels, cuda_peak = _time(run, device, repeats)
-    except (RuntimeError, torch.cuda.OutOfMemoryError, EchobenchError) as exc:
-        if isinstance(exc, EchobenchError) or _is_oom(exc):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            return {"unsupported": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-        raise
+    except Exception as exc:  # noqa: BLE001 - recorded in the row; the other rows still run
+        return _failure(exc, device)
     out = {"seconds": round(seconds, 4), "images_per_s": round(batch / seconds, 3),
            "seconds_per_image": round(seconds / batch, 4), "seconds_per_step": round(seconds / steps, 4),
            "peak_mib": round(cuda_peak if cuda_peak is not None else _peak_rss_mib(), 1),
@@ -189,6 +205,27 @@ def _measure(run, device, repeats: int, batch: int, steps: int, reference: np.nd
     if reference is not None:
         out["parity_max_abs"] = float(np.abs(out["pixels"] - reference).max())
     return out
+
+
+def _failure(exc: Exception, device) -> dict[str, str]:
+    """A row that could not be measured. Out of memory, or a batch size outside what an engine was
+    built for (an EchobenchError), makes the batch size "unsupported"; any other exception is an
+    "error" of the engine, its traceback printed to stderr. Either way the bench goes on."""
+    import torch
+
+    message = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+    if isinstance(exc, EchobenchError) or _is_oom(exc):
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        return {"unsupported": message}
+    traceback.print_exc(file=sys.stderr)
+    return {"error": message}
+
+
+def failed_rows(doc: dict[str, Any]) -> list[str]:
+    """'row batch: message' for every row and batch size that failed with an error."""
+    return [f"{name} {bs}: {r['error']}" for name, per_batch in doc["rows"].items()
+            for bs, r in per_batch.items() if isinstance(r, dict) and "error" in r]
 
 
 def _jsonable(info: dict) -> dict:
@@ -216,8 +253,9 @@ def format_bench_engines(doc: dict[str, Any]) -> str:
             table.append([name, "-", "unavailable", "", "", "", "", per_batch["unavailable"][:80]])
             continue
         for bs, r in per_batch.items():
-            if "unsupported" in r:
-                table.append([name, bs, "unsupported", "", "", "", "", r["unsupported"][:80]])
+            if "unsupported" in r or "error" in r:
+                kind = "unsupported" if "unsupported" in r else "error"
+                table.append([name, bs, kind, "", "", "", "", r[kind][:80]])
                 continue
             speed = doc["speedup_vs_reference"].get(name, {}).get(bs)
             table.append([name, bs, r["images_per_s"], r["seconds_per_step"], r["peak_mib"],

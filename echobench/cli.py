@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--threads", type=int, help="torch CPU threads")
     eng.add_argument("--seed", type=int, default=0)
     eng.add_argument("--json", action="store_true")
+    eng.add_argument("--out", help="also write the JSON document to this file, rewritten (atomically) after every "
+                                   "row, so a run cut short keeps what it measured (\"complete\": false)")
 
     sel = bench_sub.add_parser("echoselect", help="EchoSelect (batched) vs the released code's per-image CLIP loop")
     sel.add_argument("--n", type=int, default=128, help="image pairs (default: 128)")
@@ -416,8 +418,9 @@ def cmd_select(args) -> int:
 
 
 def _bench_engines(args) -> int:
-    from .bench_engines import bench_engines, format_bench_engines
+    from .bench_engines import bench_engines, failed_rows, format_bench_engines
     from .environment import resolve_device
+    from .store import atomic_write_json
 
     if min(args.batch_sizes + [args.steps, args.repeats]) < 1 or (args.resolution is not None and args.resolution < 8):
         raise EchobenchError("--batch-sizes, --steps and --repeats must be positive and --resolution at least 8")
@@ -430,9 +433,13 @@ def _bench_engines(args) -> int:
     doc = bench_engines(config=args.config, random_init=args.random_init or args.config == "tiny",
                         engines=tuple(args.engines), batch_sizes=tuple(sorted(set(args.batch_sizes))),
                         resolution=args.resolution, steps=args.steps, repeats=args.repeats,
-                        device=resolve_device(args.device), seed=args.seed)
+                        device=resolve_device(args.device), seed=args.seed,
+                        progress=None if not args.out else (lambda d: atomic_write_json(Path(args.out), d)))
     print(json.dumps(doc, indent=2) if args.json else format_bench_engines(doc))
-    return 0
+    failed = failed_rows(doc)
+    for line in failed:
+        print(f"echobench: bench engines: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _bench_echoselect(args) -> int:

@@ -28,15 +28,17 @@ export OUT
 export PY_FILE="$OUT/logs/python.txt"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
 
-# Limits sum to 7 min 30 s (450 s) plus 3 s of grace after each TERM, so the whole run stays under
-# 8 minutes even if every step runs into its limit. The engines benchmark gets most of it.
-T_SETUP="${T_SETUP:-75}"
-T_GPU="${T_GPU:-20}"
-T_TESTS="${T_TESTS:-60}"
-T_ENGINES="${T_ENGINES:-225}"
-T_TRAIN="${T_TRAIN:-45}"
-T_RUNTIME="${T_RUNTIME:-15}"
-T_SUMMARY="${T_SUMMARY:-10}"
+# Limits sum to 458 s plus 3 s of grace after each TERM (479 s), so the whole run stays under 8
+# minutes even if every step runs into its limit. The engines benchmark gets most of it: inductor
+# compiles SD 1.5's fused step once per batch size. It writes its JSON after every row, so a step cut
+# short by its limit still leaves the rows it measured.
+T_SETUP="${T_SETUP:-40}"
+T_GPU="${T_GPU:-15}"
+T_TESTS="${T_TESTS:-80}"
+T_ENGINES="${T_ENGINES:-270}"
+T_TRAIN="${T_TRAIN:-35}"
+T_RUNTIME="${T_RUNTIME:-10}"
+T_SUMMARY="${T_SUMMARY:-8}"
 KILL_AFTER=3
 
 # A previous run's results must not pass for this one's (a skipped step would leave them in place).
@@ -209,8 +211,9 @@ fi
 
 # --- (c) EchoMod engines -----------------------------------------------------------------------------
 if [ "$HAVE_GPU" = 1 ]; then
-    run_step engines "$T_ENGINES" "$OUT/bench_engines.json" "$PY" -m echobench bench engines --config sd15 \
-        --random-init --resolution 512 --batch-sizes 8 16 --steps 20 --engines eager compile onnxruntime tensorrt --json
+    # The engines that may be unavailable first (they answer at once), compile last (the longest build).
+    run_step engines "$T_ENGINES" - "$PY" -m echobench bench engines --config sd15 --random-init --resolution 512 \
+        --batch-sizes 8 16 --steps 20 --engines onnxruntime tensorrt eager compile --out "$OUT/bench_engines.json"
 else
     skip_step engines "no CUDA GPU visible to torch"
 fi
@@ -313,11 +316,17 @@ def cell(value, spec=""):
 with open(out / "steps.tsv", encoding="utf-8") as f:
     steps = list(csv.DictReader(f, delimiter="\t"))
 gpu, train, engines = load("gpu.json") or {}, load("bench_train.json"), load("bench_engines.json")
-tests = None
+tests, cases = None, []
 try:
     root = ET.parse(out / "pytest_gpu.xml").getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     tests = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    for case in suite.iter("testcase"):  # each test's outcome and the numbers it recorded (record_property)
+        bad = next((case.find(k) for k in ("failure", "error", "skipped") if case.find(k) is not None), None)
+        cases.append({"test": case.get("name"), "seconds": float(case.get("time", 0)),
+                      "outcome": "passed" if bad is None else bad.tag,
+                      "message": None if bad is None else (bad.get("message") or "")[:200],
+                      "properties": {p.get("name"): p.get("value") for p in case.iter("property")}})
 except (OSError, ET.ParseError, AttributeError):
     pass
 try:
@@ -326,7 +335,7 @@ except (OSError, subprocess.SubprocessError):
     git = None
 ok = all(s["status"] == "ok" for s in steps)
 doc = {"date": run_date, "gpu": gpu, "git": git, "python": sys.version.split()[0], "total_seconds": round(total, 1),
-       "ok": ok, "steps": steps, "tests": tests, "bench_train": train, "bench_engines": engines}
+       "ok": ok, "steps": steps, "tests": tests, "test_cases": cases, "bench_train": train, "bench_engines": engines}
 (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 where = (f"{gpu['name']} ({gpu.get('memory_gib')} GiB, compute capability {gpu.get('capability')}, driver "
@@ -339,7 +348,10 @@ md += [f"| {s['step']} | {s['status']} | {s['exit']} | {s['seconds']} | {s['limi
        for s in steps]
 if tests:
     md += ["", f"Tests marked gpu: {tests['tests']} collected, {tests['failures']} failed, {tests['errors']} errors, "
-               f"{tests['skipped']} skipped."]
+               f"{tests['skipped']} skipped.", "",
+           "| test | outcome | seconds | measured | message |", "|---|---|---|---|---|"]
+    md += [f"| {c['test']} | {c['outcome']} | {c['seconds']:.1f} | "
+           f"{cell(', '.join(f'{k} {v}' for k, v in c['properties'].items()))} | {cell(c['message'])} |" for c in cases]
 if train:
     md += ["", "## One training epoch (bench train)", "",
            f"{train.get('model')}, {train.get('protocol')} protocol, batch {train.get('batch_size')}, {train.get('n')} "

@@ -25,6 +25,44 @@ def test_bench_engines_reports_reference_and_engine_rows(cli):
     assert set(doc["speedup_vs_reference"]) == {"eager"}
 
 
+def test_a_failing_engine_is_an_error_row_and_the_rest_is_kept(cli, tmp_path, monkeypatch):
+    """An engine that breaks (here: its load raises) becomes an "error" row; the rows after it still
+    run, --out holds every row, and the exit status says something failed."""
+    pytest.importorskip("diffusers")
+    from engines.eager.engine import EagerEngine
+
+    calls = []
+
+    def broken_load(self, components):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("kernel exploded")
+        return original(self, components)
+
+    original = EagerEngine.load
+    monkeypatch.setattr(EagerEngine, "load", broken_load)
+    out = tmp_path / "bench.json"
+    code, _, err = cli("bench", "engines", "--engines", "eager", "--batch-sizes", "1", "2", "--steps", "2",
+                       "--json", "--out", out)
+    assert code == 1 and "eager 1: RuntimeError: kernel exploded" in err
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True
+    assert doc["rows"]["eager"]["1"] == {"error": "RuntimeError: kernel exploded"}
+    assert doc["rows"]["eager"]["2"]["images_per_s"] > 0  # the next batch size still ran
+
+
+def test_bench_engines_out_is_written_as_it_goes(monkeypatch, tmp_path):
+    """Every row rewrites the file (atomically): a run cut short keeps what it measured."""
+    pytest.importorskip("diffusers")
+    from echobench.bench_engines import bench_engines
+
+    seen = []
+    doc = bench_engines(engines=("eager",), batch_sizes=(1,), steps=2,
+                        progress=lambda d: seen.append((d["complete"], sorted(d["rows"]))))
+    assert seen[0] == (False, ["diffusers-pipeline"])  # the reference row before any engine ran
+    assert seen[-1] == (True, ["diffusers-pipeline", "eager"]) and doc["complete"]
+
+
 def test_bench_engines_bad_input(cli):
     code, _, err = cli("bench", "engines", "--batch-sizes", "0")
     assert code == 2 and "positive" in err and "Traceback" not in err

@@ -251,7 +251,7 @@ def test_onnxruntime_provider_choice(components, engine_cache):
         modifier("onnxruntime", components, provider="directml")
 
 
-def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path):
+def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path, monkeypatch):
     """What a GPU session would be given, checked with a stand-in for onnxruntime-gpu's provider list:
     TensorRT first (engine and timing caches on, one profile from one image to a full batch, FP16
     for a float16 graph), then CUDA, then the CPU."""
@@ -274,8 +274,13 @@ def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path):
     explicit = OnnxRuntimeEngine(OnnxRuntimeConfig(provider="tensorrt"), shapes, "cuda:0")
     assert explicit._providers(gpu_ort) == ["tensorrt", "cuda", "cpu"]
     cpu_only = types.SimpleNamespace(get_available_providers=lambda: ["CPUExecutionProvider"])
-    with pytest.warns(UserWarning, match="install onnxruntime-gpu"):
-        assert engine._providers(cpu_only) == ["cpu"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", cpu_only)  # a GPU device without a GPU provider
+    monkeypatch.setitem(sys.modules, "onnx", types.ModuleType("onnx"))
+    with pytest.raises(EchobenchError, match=r"no CUDA or TensorRT execution provider.*onnx-gpu"):
+        engine._providers(cpu_only)
+    with pytest.raises(EchobenchError, match="no CUDA or TensorRT execution provider"):
+        make_engine("onnxruntime", "cuda:0", shapes=shapes).require_runtime("cuda:0")
+    OnnxRuntimeEngine.require_runtime("cpu")  # the CPU provider is what a CPU device runs
     with pytest.raises(EchobenchError, match="needs a CUDA device"):
         OnnxRuntimeEngine(OnnxRuntimeConfig(provider="cuda"), shapes, "cpu")._providers(gpu_ort)
 

@@ -29,7 +29,7 @@ from echobench.errors import EchobenchError
 from engines.base import Components, DenoiserEngine
 from engines.export import engine_cache_root, export_fused_onnx
 from engines.fused import step_inputs
-from engines.options import missing_runtime
+from engines.options import is_gpu, missing_runtime
 from engines.shapes import BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes, check_rows
 
 from .config import PROVIDERS, OnnxRuntimeConfig
@@ -64,14 +64,22 @@ class OnnxRuntimeEngine(DenoiserEngine):
 
     @staticmethod
     def require_runtime(device: str) -> None:
-        """EchobenchError naming the extra when onnxruntime (or onnx, for the export) is missing."""
+        """EchobenchError naming the extra when onnxruntime (or onnx, for the export) is missing, or
+        when `device` is a GPU and this onnxruntime has no GPU execution provider: the CPU provider
+        would run there, and its numbers would pass for a GPU measurement."""
         import importlib
 
-        import_onnxruntime()
+        ort = import_onnxruntime()
         try:
             importlib.import_module("onnx")  # the exporters write the graph with it
         except ImportError as error:
             raise missing_runtime("onnxruntime", "onnx", "onnx", str(error)) from None
+        available = set(ort.get_available_providers())
+        if is_gpu(device) and not available & {PROVIDERS["cuda"], PROVIDERS["tensorrt"]}:
+            raise EchobenchError(
+                f"onnxruntime engine: device {device!r} is a GPU, but this onnxruntime has no CUDA or TensorRT "
+                f"execution provider (available: {', '.join(sorted(available))}); install the onnx-gpu extra "
+                "(pip uninstall onnxruntime && pip install 'echobench[onnx-gpu]'), or use --device cpu")
 
     def load(self, components: Components) -> None:
         ort = import_onnxruntime()
@@ -121,8 +129,7 @@ class OnnxRuntimeEngine(DenoiserEngine):
             raise EchobenchError(f"onnxruntime engine: the {usable[0]} execution provider needs a CUDA device "
                                  f"(device is {str(self.device)!r})")
         if usable[0] == "cpu" and self.device.type == "cuda" and self.settings.provider == "auto":
-            warnings.warn("onnxruntime has no CUDA or TensorRT execution provider here (install "
-                          "onnxruntime-gpu): the step runs on the CPU", stacklevel=3)
+            self.require_runtime(str(self.device))  # raises: see there
         # Nodes TensorRT cannot take go to CUDA, as onnxruntime's TensorRT documentation recommends;
         # the CPU provider is the last resort of every session.
         if usable[0] == "tensorrt" and "cuda" not in usable and PROVIDERS["cuda"] in available:
