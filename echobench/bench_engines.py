@@ -156,17 +156,22 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
         report(REFERENCE, bs)
     for name in engines:
         rows[name] = {}
+        engine_name, options = parse_row(name)
         try:
-            require_runtime(name, device)
+            require_runtime(engine_name, device)
         except EchobenchError as exc:  # runtime missing: say so, go on
             rows[name] = {"unavailable": str(exc)}
             report(name)
             continue
         for bs, (images, labels, seeds) in inputs.items():
             try:
+                # Rows share the modules, and engines that use channels_last convert them in place:
+                # every row starts from the layout the reference row ran with.
+                for module in (components.unet, components.controlnet, components.vae):
+                    module.to(memory_format=torch.contiguous_format)
                 shapes = StepShapes.for_components(components, resolution, bs, settings.guidance_scale > 1)
                 built = time.perf_counter()
-                engine = make_engine(name, device, "auto", shapes=shapes)
+                engine = make_engine(engine_name, device, "auto", shapes=shapes, options=options)
                 echomod = DiffusionEchoMod(class_names, 32, components, engine,
                                            dataclasses.replace(settings, batch_size=bs), device=device)
                 build_s = time.perf_counter() - built
@@ -188,6 +193,37 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
     if progress is not None:
         progress(doc)
     return doc
+
+
+def parse_row(spec: str) -> tuple[str, dict[str, str]]:
+    """'compile[vae=true,mode=max-autotune]' → ('compile', {'vae': 'true', 'mode': 'max-autotune'}):
+    one engine with some of its options (`echobench ls engines`) set, as one row of the bench."""
+    name, bracket, rest = spec.partition("[")
+    if not bracket:
+        return spec, {}
+    if not rest.endswith("]") or not name:
+        raise EchobenchError(f"engine row {spec!r}: write NAME or NAME[option=value,...], e.g. compile[vae=true]")
+    options = {}
+    for item in filter(None, rest[:-1].split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise EchobenchError(f"engine row {spec!r}: {item!r} is not option=value")
+        options[key.strip()] = value.strip()
+    return name, options
+
+
+def check_rows(engines: tuple[str, ...], device: str) -> None:
+    """Every row's options exist and have valid values (EchobenchError otherwise), before the model
+    is built; unknown engine names are left to the bench, which reports them as unavailable rows."""
+    from .echomod_diffusion import DIFFUSION_ENGINES, engine_settings
+
+    for spec in engines:
+        name, options = parse_row(spec)
+        if options and name in DIFFUSION_ENGINES:
+            try:
+                engine_settings(name, device, "auto", options)
+            except EchobenchError as exc:
+                raise EchobenchError(f"engine row {spec!r}: {exc}") from None
 
 
 def _measure(run, device, repeats: int, batch: int, steps: int, reference: np.ndarray | None) -> dict[str, Any]:

@@ -151,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--random-init", action="store_true",
                      help="random weights (no download; same compute). tiny is always random")
     eng.add_argument("--engines", nargs="+", default=["eager", "compile", "onnxruntime"],
-                     help="engines to time (default: eager compile onnxruntime)")
+                     help="engines to time (default: eager compile onnxruntime); NAME[option=value,...] sets "
+                          "engine options (`echobench ls engines`), e.g. 'compile[vae=true]', so that settings of "
+                          "one engine are compared in one run")
     eng.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="images per batch (default: 4)")
     eng.add_argument("--resolution", type=int, help="generation resolution (default: 32 for tiny, 512 for sd15)")
     eng.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
@@ -418,7 +420,7 @@ def cmd_select(args) -> int:
 
 
 def _bench_engines(args) -> int:
-    from .bench_engines import bench_engines, failed_rows, format_bench_engines
+    from .bench_engines import bench_engines, check_rows, failed_rows, format_bench_engines
     from .environment import resolve_device
     from .store import atomic_write_json
 
@@ -430,6 +432,7 @@ def _bench_engines(args) -> int:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
+    check_rows(tuple(args.engines), resolve_device(args.device))
     doc = bench_engines(config=args.config, random_init=args.random_init or args.config == "tiny",
                         engines=tuple(args.engines), batch_sizes=tuple(sorted(set(args.batch_sizes))),
                         resolution=args.resolution, steps=args.steps, repeats=args.repeats,

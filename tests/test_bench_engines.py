@@ -66,6 +66,18 @@ def test_bench_engines_out_is_written_as_it_goes(monkeypatch, tmp_path):
 def test_bench_engines_bad_input(cli):
     code, _, err = cli("bench", "engines", "--batch-sizes", "0")
     assert code == 2 and "positive" in err and "Traceback" not in err
+    for row, message in [("compile[vea=true]", "vea"), ("compile[vae]", "not option=value"),
+                         ("compile[vae=true", "NAME[option=value"), ("compile[inductor_flags=fast]", "fast")]:
+        code, _, err = cli("bench", "engines", "--engines", row)
+        assert code == 2 and message in err and "Traceback" not in err, (row, err)
+
+
+def test_engine_rows_with_options():
+    from echobench.bench_engines import parse_row
+
+    assert parse_row("compile") == ("compile", {})
+    assert parse_row("compile[vae=true, mode=max-autotune]") == ("compile", {"vae": "true", "mode": "max-autotune"})
+    assert parse_row("eager[]") == ("eager", {})
 
 
 @pytest.mark.bench

@@ -155,6 +155,24 @@ def test_compile_matches_eager_without_recompiling(compile_modifier, reference, 
     assert out.shape == images.shape and out.dtype == np.uint8
 
 
+def test_compile_with_the_vae_compiled_matches_eager(components, reference):
+    """vae=true: the decode is compiled too, padded to the full batch like the step."""
+    compiled = modifier("compile", components, backend="aot_eager", vae="true")
+    assert compiled.config()["engine_config"]["vae"] is True
+    check_parity(compiled, reference)
+
+
+def test_compile_options_are_checked():
+    from engines.compile.config import CompileConfig
+
+    with pytest.raises(EchobenchError, match="unknown inductor_flags"):
+        CompileConfig(inductor_flags="fast")
+    with pytest.raises(EchobenchError, match="needs backend inductor"):
+        CompileConfig(backend="aot_eager", inductor_flags="diffusers")
+    resolved = CompileConfig(vae=True, inductor_flags="diffusers").resolve("cuda")
+    assert resolved.vae and resolved.inductor_flags == "diffusers" and resolved.cuda_graphs
+
+
 @pytest.mark.slow
 def test_compile_with_inductor_matches_eager(components, reference):
     """The default CPU backend; ≈ 100 s to compile on one thread with an empty inductor cache."""
@@ -351,7 +369,7 @@ def test_tensorrt_plan_cache_keys(components, tmp_path):
 def test_engines_are_registered_with_their_options():
     assert {"eager", "compile", "onnxruntime", "tensorrt"} <= set(ENGINES.names())
     assert engine_option_defaults("compile") == {"backend": "inductor", "mode": "auto", "fullgraph": True,
-                                                 "channels_last": None}
+                                                 "channels_last": None, "vae": False, "inductor_flags": "default"}
     assert set(engine_option_defaults("onnxruntime")) == {"provider", "exporter", "opset", "threads", "cache_dir"}
     assert "fp16" in engine_option_defaults("tensorrt")
     with pytest.raises(EchobenchError, match="Did you mean 'backend'"):

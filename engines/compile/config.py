@@ -7,6 +7,17 @@ inductor's "default" mode. "max-autotune" also records CUDA graphs; "max-autotun
 benchmarks kernels without them. `fullgraph=True` turns a graph break (a Python fallback in the
 middle of the step) into an error instead of a silent slowdown. `channels_last` as for the eager
 engine (GPU only by default).
+
+Two more options follow the diffusers "Accelerate inference of text-to-image diffusion models"
+tutorial; both leave the math unchanged (only kernel choice and rounding differ), both are off by
+default, and both are measured against the defaults with `echobench bench engines --engines compile
+"compile[vae=true,inductor_flags=diffusers]"`:
+- `vae`: also compile the VAE decode (padded to the full batch, without CUDA graphs: it runs once per
+  batch);
+- `inductor_flags`: "default", or "diffusers" = the tutorial's inductor settings (`conv_1x1_as_mm`,
+  `coordinate_descent_tuning`, `coordinate_descent_check_all_directions` on, `epilogue_fusion` off),
+  applied only while this engine compiles. Coordinate-descent tuning benchmarks each kernel's launch
+  parameters, so compiling takes longer.
 """
 
 from __future__ import annotations
@@ -17,6 +28,11 @@ from echobench.errors import EchobenchError
 from engines.options import is_gpu
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+INDUCTOR_FLAGS = {
+    "default": {},
+    "diffusers": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+                  "coordinate_descent_check_all_directions": True},
+}
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
@@ -29,8 +45,16 @@ class CompileConfig:
     mode: str = "auto"
     fullgraph: bool = True
     channels_last: bool | None = None
+    vae: bool = False
+    inductor_flags: str = "default"
 
     def __post_init__(self) -> None:
+        if self.inductor_flags not in INDUCTOR_FLAGS:
+            raise EchobenchError(f"compile engine: unknown inductor_flags {self.inductor_flags!r}; use one of "
+                                 f"{', '.join(INDUCTOR_FLAGS)}")
+        if self.inductor_flags != "default" and self.backend != "inductor":
+            raise EchobenchError(f"compile engine: inductor_flags={self.inductor_flags!r} needs backend inductor "
+                                 f"(backend is {self.backend!r})")
         if self.mode != "auto" and self.mode not in MODES:
             raise EchobenchError(f"compile engine: unknown mode {self.mode!r}; use auto or one of {', '.join(MODES)}")
         if self.mode not in ("auto", "default") and self.backend != "inductor":
@@ -47,7 +71,8 @@ class CompileConfig:
             raise EchobenchError(f"compile engine: mode {mode!r} records CUDA graphs, which need a CUDA device "
                                  f"(device is {device!r}); use mode=default or auto")
         channels_last = gpu if self.channels_last is None else bool(self.channels_last)
-        return CompileConfig(backend=self.backend, mode=mode, fullgraph=self.fullgraph, channels_last=channels_last)
+        return CompileConfig(backend=self.backend, mode=mode, fullgraph=self.fullgraph, channels_last=channels_last,
+                             vae=self.vae, inductor_flags=self.inductor_flags)
 
     @property
     def cuda_graphs(self) -> bool:

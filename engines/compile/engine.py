@@ -29,7 +29,7 @@ from engines.base import Components, DenoiserEngine
 from engines.fused import FusedControlNetUNet, example_inputs, pad_rows, step_inputs
 from engines.shapes import BATCHED_INPUTS, INPUT_NAMES, StepShapes, check_rows
 
-from .config import CompileConfig
+from .config import INDUCTOR_FLAGS, CompileConfig
 
 CUDA_GRAPH_WARMUP_CALLS = 3  # cudagraph trees run eagerly once, then record, then replay
 
@@ -46,6 +46,7 @@ class CompileEngine(DenoiserEngine):
         self.shapes = shapes
         self.device = torch.device(device)
         self.compiled = None
+        self.compiled_decode = None
         self.build_info: dict[str, Any] = {}
 
     def load(self, components: Components) -> None:
@@ -59,12 +60,20 @@ class CompileEngine(DenoiserEngine):
         fused = FusedControlNetUNet(components.controlnet, components.unet).eval()
         options = {"mode": s.mode} if s.backend == "inductor" else {}
         self.compiled = torch.compile(fused, backend=s.backend, fullgraph=s.fullgraph, dynamic=False, **options)
+        if s.vae:  # once per batch: no CUDA graphs, inductor's default mode
+            vae = components.vae
+            self.compiled_decode = torch.compile(lambda z: vae.decode(z, return_dict=False)[0], backend=s.backend,
+                                                 fullgraph=s.fullgraph, dynamic=False)
         calls = CUDA_GRAPH_WARMUP_CALLS if s.cuda_graphs else 1
         start = time.perf_counter()
-        with torch.inference_mode():  # the same grad mode and tensor kind as denoise: dynamo guards on both
+        # Inductor reads its config when it compiles, i.e. during the first calls: the flags apply to
+        # this engine's graphs only.
+        with torch.inference_mode(), inductor_config(s.inductor_flags):  # dynamo guards on grad mode
             inputs = example_inputs(self.shapes, self.shapes.max_rows, components.unet.device, components.unet.dtype)
             for _ in range(calls):
                 self._run(inputs)
+            if s.vae:
+                self.decode(inputs["sample"][: self.shapes.batch_size])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.build_info = {"compile_seconds": round(time.perf_counter() - start, 3), "warmup_calls": calls,
@@ -95,16 +104,37 @@ class CompileEngine(DenoiserEngine):
 
     @torch.inference_mode()
     def decode(self, latents: Any) -> Any:
-        return super().decode(latents)
+        if self.compiled_decode is None:
+            return super().decode(latents)
+        # The base class's decode with the compiled VAE, padded to the full batch (fixed shapes).
+        rows = latents.shape[0]
+        scaled = pad_rows(latents / self.components.vae.config.scaling_factor, self.shapes.batch_size)
+        return (self.compiled_decode(scaled)[:rows] / 2 + 0.5).clamp(0, 1)
 
     def config(self) -> dict[str, Any]:
         s = self.settings
+        extra = {"vae": True} if s.vae else {}  # only when set: older cache keys stay valid
+        if s.inductor_flags != "default":
+            extra["inductor_flags"] = s.inductor_flags
         return {"name": self.name, "backend": s.backend, "mode": s.mode, "fullgraph": s.fullgraph,
-                "channels_last": bool(s.channels_last)}
+                "channels_last": bool(s.channels_last), **extra}
 
     def close(self) -> None:
         self.compiled = None
+        self.compiled_decode = None
         super().close()
+
+
+def inductor_config(flags: str):
+    """A context that sets the inductor flags named `flags` (`INDUCTOR_FLAGS`) and restores them."""
+    import contextlib
+
+    values = INDUCTOR_FLAGS[flags]
+    if not values:
+        return contextlib.nullcontext()
+    import torch._inductor.config as config
+
+    return config.patch(values)
 
 
 def _require_cpp_compiler() -> None:
