@@ -169,8 +169,9 @@ def test_compile_options_are_checked():
         CompileConfig(inductor_flags="fast")
     with pytest.raises(EchobenchError, match="needs backend inductor"):
         CompileConfig(backend="aot_eager", inductor_flags="diffusers")
-    resolved = CompileConfig(vae=True, inductor_flags="diffusers").resolve("cuda")
+    resolved = CompileConfig(inductor_flags="diffusers").resolve("cuda")
     assert resolved.vae and resolved.inductor_flags == "diffusers" and resolved.cuda_graphs
+    assert CompileConfig().resolve("cpu").vae is False and CompileConfig(vae=True).resolve("cpu").vae is True
 
 
 @pytest.mark.slow
@@ -369,7 +370,7 @@ def test_tensorrt_plan_cache_keys(components, tmp_path):
 def test_engines_are_registered_with_their_options():
     assert {"eager", "compile", "onnxruntime", "tensorrt"} <= set(ENGINES.names())
     assert engine_option_defaults("compile") == {"backend": "inductor", "mode": "auto", "fullgraph": True,
-                                                 "channels_last": None, "vae": False, "inductor_flags": "default"}
+                                                 "channels_last": None, "vae": None, "inductor_flags": "default"}
     assert set(engine_option_defaults("onnxruntime")) == {"provider", "exporter", "opset", "threads", "cache_dir"}
     assert "fp16" in engine_option_defaults("tensorrt")
     with pytest.raises(EchobenchError, match="Did you mean 'backend'"):

@@ -131,17 +131,20 @@ def test_half_precision_on_the_gpu_matches_float32_on_the_cpu(half_reference, re
     assert half_reference["noise"].abs().max().item() > 10 * HALF_NOISE_ATOL  # not vacuous
 
 
-def test_eager_uses_channels_last_and_half_precision_on_the_gpu(half_reference):
-    comps = half_reference["components"]
-    weight = comps.unet.conv_in.weight
+def test_eager_runs_in_half_precision_on_the_gpu(half_reference):
+    """float16 by default; channels_last only when asked (engines/eager/config.py says why)."""
+    eager = modifier("eager", half_reference["components"], "float16", channels_last="true")
+    weight = eager.components.unet.conv_in.weight
     assert weight.dtype == torch.float16 and weight.is_cuda
     assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert eager.config()["engine_config"]["channels_last"] is True
 
 
 def test_compile_with_cuda_graphs_matches_eager(half_reference, record_property, monkeypatch):
     compiled = modifier("compile", half_reference["components"], "float16")
     config = compiled.config()["engine_config"]
     assert config["mode"] == "reduce-overhead" and config["backend"] == "inductor"  # CUDA graphs
+    assert config["vae"] is True  # the decode is compiled too on a GPU
     record_property("compile_seconds", compiled.engine.build_info.get("compile_seconds"))
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     check_half(compiled, half_reference, record_property)
