@@ -15,7 +15,8 @@ timed runs; CPU: the process's peak RSS, a high-water mark over the whole run), 
 the largest absolute difference of the generated pixels ([0, 1] scale) from the reference row.
 
 A batch size that runs out of memory (or that an engine's profile does not cover) is reported as
-unsupported with the reason, and the bench goes on.
+unsupported with the reason; an engine that fails otherwise is an "error" row with the exception (its
+traceback on stderr, and `echobench bench engines` exits 1). Either way the bench goes on.
 """
 
 from __future__ import annotations
@@ -133,12 +134,13 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
 
     def report(name: str, bs: int | None = None) -> None:
         entry = rows[name] if bs is None else rows[name].get(str(bs), {})
-        what = next((f"{k}: {entry[k]}" for k in ("unavailable", "unsupported") if k in entry), None)
+        what = next((f"{k}: {entry[k]}" for k in ("unavailable", "unsupported", "error") if k in entry), None)
         what = what or f"{entry.get('images_per_s')} images/s, parity {entry.get('parity_max_abs', '-')}"
         print(f"bench engines: {name}{'' if bs is None else f' batch {bs}'}: {what}", file=sys.stderr, flush=True)
         if progress is not None:
             doc["speedup_vs_reference"] = _speedups(rows)
             progress(doc)
+
     for bs, (images, labels, seeds) in inputs.items():
         control = control_images(images, resolution, settings.canny_low, settings.canny_high)
         pil = [Image.fromarray((c.transpose(1, 2, 0) * 255).round().astype(np.uint8)) for c in control]
