@@ -23,6 +23,7 @@ EXAMPLES = {
     "report": """examples:
   echobench report runs/demo                      # writes report.{md,tex,csv,json} there, prints Markdown
   echobench report runs/demo --metric oracle --json
+  echobench report runs/paper                     # Tables 1-4 beside the paper, runtime.md, figures, index.md
   echobench report --runtime                      # EchoMod GPU-hours: the paper's appendix D, compute model, floors
   echobench report --runtime measured.json --out runs/runtime   # plus our measurement and its projections""",
     "noise": """examples:
@@ -81,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "engines", "extractors", "gpus"])
     ls.add_argument("--json", action="store_true")
 
-    report = add("report", "Tabulate a results directory (methods × noise settings, mean ± std over seeds), "
+    report = add("report", "Tabulate a results directory (methods × noise settings, mean ± std over seeds; Table 4 "
+                           "from selection cells, the runtime report from runtime cells; index.md links it all), "
                            "or with --runtime EchoMod's GPU-hours beside the paper's appendix D.")
     report.add_argument("dir", nargs="?", help="a results directory written by `echobench run` (not with --runtime)")
     report.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"])
@@ -194,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `run` in OUT/commands/
     if args.command is None:
         parser.print_help()
         return 0
@@ -216,17 +219,24 @@ def cmd_run(args) -> int:
     out = Path(args.out or Path("runs") / suite.name)
     if args.dry_run:
         from .dry_run import dry_run_summary, format_dry_run
+        from .kinds import kind_cells, kind_rows
 
         rows = [{"run_id": c.run_id, "dataset": c.dataset, "noise": c.noise, "method": c.method, "seed": c.seed,
                  "protocol": c.protocol["name"]} for c in cells]
-        summary = dry_run_summary(cells, args.data_root)
+        # selection (Table 4) and runtime (Tables 6/7) cells; runtime cells are those of the device's variant
+        dry_device = resolve_device("auto") if args.device == "auto" else args.device
+        selection, runtime = kind_cells(suite, args.seeds, dry_device)
+        summary = dry_run_summary(cells, args.data_root, selection=selection, runtime=runtime)
         if args.json:
-            print(json.dumps({"suite": suite.name, "out": str(out), **summary, "cells": rows}, indent=2))
+            print(json.dumps({"suite": suite.name, "out": str(out), **summary, "device": dry_device,
+                              "cells": [{"kind": "train", **r} for r in rows] + kind_rows(selection, runtime)}, indent=2))
         else:
             from tabulate import tabulate
 
-            print(tabulate(rows, headers="keys"))
-            print(f"\n{format_dry_run(summary)}\nResults would go to {out}")
+            for table in (rows, *([r for r in kind_rows(selection, runtime) if r["kind"] == k] for k in ("selection", "runtime"))):
+                if table:
+                    print(tabulate(table, headers="keys") + "\n")
+            print(f"{format_dry_run(summary)}\nResults would go to {out}")
         return 0
     from .report import write_reports
     from .runner import run_suite
@@ -239,8 +249,16 @@ def cmd_run(args) -> int:
 
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    # Selection (Table 4) and runtime (Tables 6/7) cells run first, by echobench.kinds (which also claims
+    # OUT and records this command); the training runner gets the training cells only (Suite.expand).
+    from .kinds import run_kind_cells
+
+    kinds = run_kind_cells(suite, out, device=device, seeds=args.seeds, force=args.force, data_root=args.data_root,
+                           cache_dir=args.cache_dir, progress=not args.no_progress, argv=args.argv,
+                           train_cells=len(cells))
     outcome = run_suite(suite, out, device=device, seeds=args.seeds, force=args.force,
                         data_root=args.data_root, progress=not args.no_progress, cache_dir=args.cache_dir)
+    outcome, cells = kinds.merged_into(outcome), [*cells, *kinds.cells]
     wall = time.perf_counter() - started
     failed = len(outcome.failed)
     doc = write_reports(out, args.metric) if len(outcome.failed) < len(cells) else None
@@ -302,7 +320,7 @@ def cmd_report(args) -> int:
         print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2))
     else:
         print(doc["markdown"])
-        print(f"cells: {doc['cells']}; wrote report.md, report.tex, report.csv, report.json in {args.dir}/")
+        print(f"cells: {doc['cells']}; wrote {', '.join(doc['written'])} in {args.dir}/ (start at index.md)")
     return 0
 
 

@@ -7,6 +7,10 @@ them needs each cell's noisy labels and split, exactly as the runner draws them,
 dataset's labels (and images, for instance-dependent noise); a dataset that is not available here is
 reported as such instead of guessed.
 
+The selection cells of the paper's Table 4 (`echobench.kinds`) run EchoMod on their settings too:
+their pairs are counted with the training cells' (they are the `echoalign` cells' pairs where the
+settings coincide, as in the `paper` suite). Runtime cells generate from random inputs, not pairs.
+
 GPU-hours of EchoMod are projected at the paper's own rates (appendix D: V100-SXM2, 512², batch 16,
 1.24 s per image; RTX 4090, 512², batch 8, 0.61 s per image) — projections, not measurements.
 """
@@ -70,13 +74,20 @@ def projected_hours(pairs: int) -> dict[str, float]:
     return {gpu: round(pairs * row["seconds_per_image"] / 3600, 2) for gpu, row in paper_efficiencies().items()}
 
 
-def dry_run_summary(cells, data_root: str | None = None, count_pairs: bool = True) -> dict[str, Any]:
+def dry_run_summary(cells, data_root: str | None = None, count_pairs: bool = True, selection=(),
+                    runtime=()) -> dict[str, Any]:
+    """Counts of a suite's cells: `cells` its training cells (RunSpec), `selection` and `runtime` its cells
+    of those kinds (`echobench.suite.SelectionSpec`, `RuntimeSpec`); "cells" is the total of all kinds and
+    "cells_per_method" counts the training cells."""
     by_method: dict[str, int] = defaultdict(int)
     for c in cells:
         by_method[c.method] += 1
-    out: dict[str, Any] = {"cells": len(cells), "cells_per_method": dict(sorted(by_method.items()))}
-    if count_pairs and any(c.method in ALIGNING_METHODS for c in cells):
-        pairs = echomod_pairs(cells, data_root)
+    out: dict[str, Any] = {"cells": len(cells) + len(selection) + len(runtime),
+                           "cells_per_kind": {"train": len(cells), "selection": len(selection), "runtime": len(runtime)},
+                           "cells_per_method": dict(sorted(by_method.items()))}
+    settings = [s.setting_spec() for s in selection]  # each selection cell's setting, as an echoalign cell
+    if count_pairs and (settings or any(c.method in ALIGNING_METHODS for c in cells)):
+        pairs = echomod_pairs([*cells, *settings], data_root)
         total = sum(pairs["pairs"].values())
         out["echomod"] = {**pairs, "total_pairs": total,
                           "projected_gpu_hours": {"basis": "paper appendix D rates at 512² (projection)",
@@ -85,7 +96,13 @@ def dry_run_summary(cells, data_root: str | None = None, count_pairs: bool = Tru
 
 
 def format_dry_run(summary: dict[str, Any]) -> str:
-    lines = [f"{summary['cells']} cells: " + ", ".join(f"{m} {n}" for m, n in summary["cells_per_method"].items())]
+    kinds = summary.get("cells_per_kind", {})
+    per_method = ", ".join(f"{m} {n}" for m, n in summary["cells_per_method"].items())
+    if kinds.get("selection") or kinds.get("runtime"):
+        lines = [f"{summary['cells']} cells: " + ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+                 + (f" (training cells: {per_method})" if per_method else "")]
+    else:
+        lines = [f"{summary['cells']} cells: " + per_method]
     e = summary.get("echomod")
     if e:
         for key, n in e["pairs"].items():

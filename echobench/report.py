@@ -8,6 +8,11 @@ the top three are bold. Which accuracy is tabulated is chosen with `metric`:
 - `best_val` (default): test accuracy at the epoch of best noisy-validation accuracy;
 - `last`: test accuracy after the last epoch;
 - `oracle`: best test accuracy over epochs (peeks at the test set; what the released EchoAlign code reports).
+
+A results directory may also hold cells of the other suite kinds (`echobench.kinds`): `write_reports`
+adds Table 4 from the selection cells and the runtime report from the runtime cells
+(`echobench.kind_reports`), and writes `index.md`, one page linking every file and figure with the
+configuration and environments of the runs.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ def collect(results_dir: str | Path, metric: str = "best_val") -> tuple[list[Tab
     values: dict[tuple[str, str, str], Entry] = {}
     info = {"suite": store.owner(), "finished": 0, "failed": 0, "pending": 0, "environments": {}}
     for rid, config, result, error in store.iter_cells():
+        if config.get("kind", "train") != "train":
+            continue  # selection and runtime cells: echobench.kind_reports
         spec = config["spec"]
         if result is None:
             info["failed" if error else "pending"] += 1
@@ -215,22 +222,64 @@ def paper_markdown(tables: list[Table], comparison: list[dict[str, Any]]) -> str
 
 
 def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str, Any]:
-    """Write report.{md,tex,csv,json} into `results_dir`; return the JSON document."""
+    """Write the report of a results directory and return its JSON document (with "markdown").
+
+    Training cells: report.{md,tex,csv} (Tables 1–3 layout, the paper's numbers beside ours where it
+    has them); selection cells: Table 4 in report.md; runtime cells: runtime.{md,json}; always
+    report.json and index.md, the page that links everything. "written" lists the files written."""
+    from .kind_reports import (collect_cells, commands, runtime_document, runtime_markdown, table4_document,
+                               table4_markdown, write_index)
+
     tables, info = collect(results_dir, metric)
-    if not tables:
-        raise EchobenchError(f"{results_dir} has no finished cells to report ({info['failed']} failed, {info['pending']} pending)")
+    kinds = collect_cells(results_dir)
+    counts = kinds["counts"]
+    if not tables and not kinds["cells"]["selection"] and not kinds["cells"]["runtime"]:
+        failed = sum(c["failed"] for c in counts.values())
+        pending = sum(c["pending"] for c in counts.values())
+        raise EchobenchError(f"{results_dir} has no finished cells to report ({failed} failed, {pending} pending)")
     root = Path(results_dir)
     doc = {"suite": info["suite"], "metric": metric, "metric_title": METRIC_TITLES[metric],
-           "cells": {k: info[k] for k in ("finished", "failed", "pending")},
-           "results": to_records(tables, metric), "environments": list(info["environments"].values())}
-    markdown = to_markdown(tables, metric)
-    comparison = paper_comparison(tables)
-    if comparison:  # a dataset the paper reports (CIFAR-10/100, CIFAR-10N): its numbers beside ours
-        doc["paper"] = comparison
-        markdown += "\n" + paper_markdown(tables, comparison)
+           "cells": {k: sum(c[k] for c in counts.values()) for k in ("finished", "failed", "pending")},
+           "cells_per_kind": counts, "results": to_records(tables, metric),
+           "environments": list(info["environments"].values())}
+    parts, reports, holds = [], [("report.md", "")], []
+    if tables:
+        parts.append(to_markdown(tables, metric))
+        comparison = paper_comparison(tables)
+        if comparison:  # a dataset the paper reports (CIFAR-10/100, CIFAR-10N): its numbers beside ours
+            doc["paper"] = comparison
+            parts.append(paper_markdown(tables, comparison))
+        holds.append("accuracy tables (the paper's Tables 1–3 layout)" + (", the paper's numbers beside ours" if comparison else ""))
+        atomic_write_text(root / "report.tex", to_latex(tables, metric))
+        atomic_write_text(root / "report.csv", to_csv(tables, metric))
+        reports += [("report.tex", ""), ("report.csv", "")]
+    figures = []
+    if kinds["cells"]["selection"]:
+        table4 = table4_document(kinds["cells"]["selection"])
+        doc["table4"] = table4
+        figures = table4["figures"]
+        parts.append(table4_markdown(table4))
+        holds.append("Table 4 (selection quality" + (", the paper's numbers beside ours" if any(
+            r["paper_selected"] is not None for r in table4["records"]) else "") + ") with links to the figures")
+    if kinds["cells"]["runtime"]:
+        runtime = runtime_document(kinds["cells"]["runtime"])
+        atomic_write_text(root / "runtime.json", json.dumps(runtime, indent=2, ensure_ascii=False, default=str) + "\n")
+        atomic_write_text(root / "runtime.md", runtime_markdown(runtime, info["suite"]))
+        doc["runtime"] = {k: runtime[k] for k in ("rows", "table6_beside_paper", "table7_beside_paper")}
+        reports += [("runtime.md", ""), ("runtime.json", "")]
+        holds.append("a pointer to the runtime report")
+        parts.append("## Runtime (the paper's appendix D, Tables 6 and 7)\n\n"
+                     f"{len(runtime['rows'])} measured rows from {len(kinds['cells']['runtime'])} runtime cell(s): "
+                     "see [runtime.md](runtime.md) (the paper's Tables 6 and 7 beside ours, the compute model, "
+                     "projections).\n")
+    markdown = "\n".join(parts)
+    reports[0] = ("report.md", "; ".join(holds))
+    reports.append(("report.json", ""))
+    doc["written"] = [name for name, _ in reports] + ["index.md"]
+    doc["figures"] = [path for f in figures for path in f["files"].values()]
     atomic_write_text(root / "report.md", markdown)
-    atomic_write_text(root / "report.tex", to_latex(tables, metric))
-    atomic_write_text(root / "report.csv", to_csv(tables, metric))
-    atomic_write_text(root / "report.json", json.dumps(doc, indent=2) + "\n")
+    write_index(root, suite=info["suite"], counts=counts, reports=reports, figures=figures,
+                environments=kinds["environments"], runs=commands(root))
+    atomic_write_text(root / "report.json", json.dumps(doc, indent=2, default=float) + "\n")
     doc["markdown"] = markdown
     return doc

@@ -601,15 +601,18 @@ def _md_measurement(m: dict[str, Any]) -> list[str]:
                                   "paper CIFAR-10 GPU-h"], 2) + "\n"]
 
 
-def format_runtime_report(doc: dict[str, Any]) -> str:
-    """Markdown: the paper's numbers and ours side by side, projections labelled as projections."""
+def format_runtime_report(doc: dict[str, Any], no_measurement_note: str | None = None) -> str:
+    """Markdown: the paper's numbers and ours side by side, projections labelled as projections.
+    `no_measurement_note` replaces the paragraph said when no measurement was given."""
     lines = [f"# {doc['title']}\n",
              f"Source: {doc['source']['paper']}, {doc['source']['where']}; GPU peaks from vendor datasheets. "
              f"GPU-hours for CIFAR-10 ({doc['images']['cifar10']:,} images) and Clothing1M "
              f"({doc['images']['clothing1m']:,} images).\n"]
     lines += _md_compute(doc) + _md_paper(doc) + _md_floors(doc)
     lines.append("## Our measurements\n")
-    if not doc["measurement_given"]:
+    if not doc["measurement_given"] and no_measurement_note:
+        lines.append(no_measurement_note + "\n")
+    elif not doc["measurement_given"]:
         lines.append("No measurement was given: no EchoMod run of ours is in this report, only the paper's numbers, "
                      "the compute model, its floors and the paper-calibrated projections. Pass a measurement file "
                      "(`echobench report --runtime MEASUREMENT.json`; schema in `echobench/runtime_report.py`).\n")

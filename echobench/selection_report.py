@@ -44,12 +44,14 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def setting_task(dataset: str, dataset_options: dict, noise: str, seed: int, *, protocol: str = "demo",
+def setting_task(dataset: str, dataset_options: dict, noise: str, seed: int, *, protocol: str | dict = "demo",
                  device: str = "cpu", data_root: str | None = None, cache_dir: str | None = None):
-    """(task, clean training labels aligned with task.train) of a setting, as the runner builds a cell."""
+    """(task, clean training labels aligned with task.train) of a setting, as the runner builds a cell.
+    `protocol`: a protocol name, or a protocol resolved to its full fields (a cell's `protocol`)."""
     from .runner import build_task, get_dataset, make_noisy_labels
 
-    spec = RunSpec(dataset, dict(dataset_options), noise, "echoalign", {}, int(seed), get_protocol(protocol).to_dict())
+    protocol = get_protocol(protocol).to_dict() if isinstance(protocol, str) else dict(protocol)
+    spec = RunSpec(dataset, dict(dataset_options), noise, "echoalign", {}, int(seed), protocol)
     data = get_dataset(dataset, spec.dataset_options, data_root)
     noisy = make_noisy_labels(spec, data)
     task, (train_idx, _) = build_task(spec, data, noisy, device, None, data_root, cache_dir)
@@ -86,8 +88,10 @@ def modify_setting(task, params: EchoAlignParams, *, shard: tuple[int, int] = (0
 
 
 def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: list[str] = (),
-                  precisions=TABLE4_PRECISIONS, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """EchoSelect's separation of clean and noisy labels, the Table 4 view, the τ sweep, the figure."""
+                  precisions=TABLE4_PRECISIONS, out_dir: str | Path | None = None, progress: bool = True,
+                  peer_params: dict[str, dict] | None = None) -> dict[str, Any]:
+    """EchoSelect's separation of clean and noisy labels, the Table 4 view, the τ sweep, the figure.
+    `peer_params` maps a peer's name to keyword arguments of its selector (`baselines/selection.py`)."""
     from .selectors import SELECTORS
 
     originals = task.train.images.permute(0, 2, 3, 1).cpu().numpy()
@@ -118,7 +122,7 @@ def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: li
     for name in peers:
         selector = SELECTORS.get(name)
         peer_started = time.perf_counter()
-        selection = selector(task)
+        selection = selector(task, **(peer_params or {}).get(name, {}))
         order = {int(i): k for k, i in enumerate(task.train.indices.cpu().numpy())}
         pos = np.array([order[int(i)] for i in selection.candidates])
         kept = np.zeros(len(noisy), dtype=bool)

@@ -50,3 +50,27 @@ def test_dry_run_counts_distinct_echomod_pairs(cli):
     code, out, _ = cli("run", "--suite", "table3", "--dry-run", "--json", "--data-root", "/nonexistent-data-root")
     doc = json.loads(out)
     assert code == 0 and doc["cells_per_method"]["im-only"] == 12 and set(doc["echomod"]["unavailable"]) == {"cifar10", "cifar100"}
+
+
+def test_paper_dry_run_lists_the_selection_and_runtime_cells(cli):
+    """`paper` is Tables 1-3's 528 training cells plus Table 4's selection cells (CIFAR-10 × IDN 30/50% ×
+    three seeds: 6) and the runtime suite's cells (Tables 6/7: the device's variant; on CPU `tiny` at batch
+    1 and 4, on a GPU SD 1.5 at 256/512/768 px × batch 1/8/16). The training part is unchanged."""
+    import json
+
+    code, out, _ = cli("run", "--suite", "paper", "--dry-run", "--json", "--device", "cpu",
+                       "--data-root", "/nonexistent-data-root")
+    doc = json.loads(out)
+    assert code == 0 and doc["cells_per_kind"] == {"train": 528, "selection": 6, "runtime": 2} and doc["cells"] and len(doc["cells"]) == 536
+    assert sum(doc["cells_per_method"].values()) == 528
+    assert {r["run_id"] for r in doc["cells"] if r["kind"] == "train"} == set(ids("paper"))
+    selection = [r for r in doc["cells"] if r["kind"] == "selection"]
+    assert {(r["dataset"], r["noise"]) for r in selection} == {("cifar10", "instance:0.3"), ("cifar10", "instance:0.5")}
+    # the selection cells' pairs are counted with the training cells' (reported unavailable here, never downloaded)
+    assert set(doc["echomod"]["unavailable"]) == {"cifar10", "cifar100", "cifar10n"}
+    code, out, _ = cli("run", "--suite", "paper", "--dry-run", "--json", "--device", "cuda",
+                       "--data-root", "/nonexistent-data-root")
+    doc = json.loads(out)
+    assert doc["cells_per_kind"] == {"train": 528, "selection": 6, "runtime": 9}
+    assert {(r["config"], r["resolution"], r["batch_size"]) for r in doc["cells"] if r["kind"] == "runtime"} == {
+        ("sd15", r, b) for r in (256, 512, 768) for b in (1, 8, 16)}
