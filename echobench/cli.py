@@ -16,7 +16,11 @@ EXAMPLES = {
   echobench run                                   # the demo suite on the embedded `shapes` world (CPU, minutes)
   echobench run --suite smoke --out /tmp/smoke    # a few seconds of the real pipeline
   echobench run --suite my_suite.yaml --seeds 1 2 3 --device cuda
-  echobench run --suite demo --dry-run            # list the cells without running them""",
+  echobench run --suite demo --dry-run            # list the cells without running them
+  echobench run --suite shapes --workers 4        # 4 worker processes, pinned to the GPUs (on CPU: cores/4 threads each)
+  echobench run --suite shapes --workers 2 --threads 1 --device cpu
+  echobench run --suite paper --executor ray --address auto        # one Ray task per cell on the cluster of `ray start`
+  echobench run --suite smoke --executor ray --address local       # a Ray instance for this run only""",
     "ls": """examples:
   echobench ls methods
   echobench ls suites""",
@@ -76,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="local (default): --workers processes on this machine; ray: one Ray task per cell "
+                          "(EchoMod's pairs generated first, in shard tasks) on a Ray cluster; needs "
+                          "pip install 'echobench[ray]'")
+    run.add_argument("--workers", type=int,
+                     help="local executor: worker processes, each pinned to one GPU (CUDA_VISIBLE_DEVICES) or, on "
+                          "CPU, running --threads torch threads (default: cores / workers); they take the pending "
+                          "cells of one results store. Default: the number of visible GPUs, or 1 on CPU; 1 runs "
+                          "the cells one by one in this process")
+    run.add_argument("--address",
+                     help="ray executor: auto (default; the cluster started with `ray start --head`), HOST:PORT or "
+                          "ray://HOST:PORT of a cluster, or local (a Ray instance for this run only)")
 
     ls = add("ls", "List registered datasets, noises, methods, selectors, suites, protocols, models, engines, extractors or gpus.")
     ls.add_argument("what", choices=["datasets", "noises", "methods", "selectors", "suites", "protocols", "models",
@@ -212,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     from .environment import resolve_device
+    from .executors import check_executor_args
+
+    check_executor_args(args.executor, args.workers, args.address)
     from .suite import load_suite
 
     suite = load_suite(args.suite)
@@ -239,7 +258,7 @@ def cmd_run(args) -> int:
             print(f"{format_dry_run(summary)}\nResults would go to {out}")
         return 0
     from .report import write_reports
-    from .runner import run_suite
+    from .executors import run_suite_with
 
     device = resolve_device(args.device)
     if args.threads is not None:
@@ -256,8 +275,10 @@ def cmd_run(args) -> int:
     kinds = run_kind_cells(suite, out, device=device, seeds=args.seeds, force=args.force, data_root=args.data_root,
                            cache_dir=args.cache_dir, progress=not args.no_progress, argv=args.argv,
                            train_cells=len(cells))
-    outcome = run_suite(suite, out, device=device, seeds=args.seeds, force=args.force,
-                        data_root=args.data_root, progress=not args.no_progress, cache_dir=args.cache_dir)
+    outcome = run_suite_with(args.executor, suite, out, device=args.device, workers=args.workers, address=args.address,
+                             threads=args.threads, seeds=args.seeds, force=args.force, data_root=args.data_root,
+                             progress=not args.no_progress, cache_dir=args.cache_dir)
+    device = outcome.device or device  # e.g. "2 workers on cpu, 1 thread(s) each"
     outcome, cells = kinds.merged_into(outcome), [*cells, *kinds.cells]
     wall = time.perf_counter() - started
     failed = len(outcome.failed)

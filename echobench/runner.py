@@ -1,5 +1,9 @@
 """Runs cells: one cell in-process (`run_cell`) and a whole suite with resume (`run_suite`).
 
+`compute_cell` is one cell through the results store under the cell's lock; `run_suite` calls it
+for each pending cell in this process, and the other executors (`echobench/executors.py`) call it in
+worker processes or compute the cell remotely and write it through the same store.
+
 A cell: load the dataset → noisy labels on all training labels → seeded train/validation split →
 `method.fit(task)` → summary metrics, curves and timings. The runner skips cells whose result exists,
 holds a per-cell lock while computing, records a failing cell's traceback and goes on.
@@ -120,6 +124,72 @@ class SuiteOutcome:
     busy: list[str] = field(default_factory=list)  # another runner held the lock
     failed: dict[str, str] = field(default_factory=dict)  # run id → error line
     seconds: float = 0.0
+    device: str = ""  # what computed the cells: cpu, cuda, or e.g. "2 workers on cpu"
+
+    def record(self, run_id: str, status: str, message: str | None = None) -> None:
+        """File a cell under `status` (one of CELL_STATUSES), as `compute_cell` returned it."""
+        if status == "computed":
+            self.computed.append(run_id)
+        elif status == "skipped":
+            self.skipped.append(run_id)
+        elif status == "busy":
+            self.busy.append(run_id)
+        elif status == "failed":
+            self.failed[run_id] = message or "failed"
+        else:
+            raise ValueError(f"unknown cell status {status!r}")
+
+
+CELL_STATUSES = ("computed", "skipped", "busy", "failed")
+
+
+def cell_label(spec: RunSpec) -> str:
+    return f"{spec.dataset} {spec.noise} {spec.method} seed={spec.seed}"
+
+
+def error_message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
+
+
+def compute_cell(store: Store, suite_name: str, spec: RunSpec, env: dict, *, device: str = "cpu",
+                 data_root: str | None = None, cache_dir: str | None = None, force: bool = False,
+                 on_epoch: Callable | None = None, executor: dict | None = None) -> tuple[str, str | None]:
+    """Compute one cell through the store under its lock: (status, error line or None).
+
+    status: "busy" (another process holds the lock), "skipped" (a result appeared meanwhile),
+    "computed" (result.json written) or "failed" (error.json written). Every executor computes its
+    cells through this function, in whichever process it runs.
+    """
+    rid = spec.run_id
+    with store.lock(rid) as held:
+        if not held:
+            return "busy", None
+        if not force and store.has_result(rid):  # another runner finished it meanwhile
+            return "skipped", None
+        store.remove_stale_temporaries(rid)
+        config = {"run_id": rid, "suite": suite_name, "spec": spec.to_dict(), "environment": env}
+        if executor:
+            config["executor"] = executor
+        store.write(rid, "config.json", config)
+        store.remove(rid, "error.json")
+        try:
+            result = run_cell(spec, device, data_root, cache_dir=cache_dir, on_epoch=on_epoch)
+            store.write(rid, "result.json", {"run_id": rid, **result})
+            return "computed", None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a failing cell is recorded and the suite goes on
+            store.remove(rid, "result.json")
+            message = error_message(exc)
+            store.write(rid, "error.json", {"run_id": rid, "error": message, "traceback": traceback.format_exc()})
+            return "failed", message
+
+
+def split_pending(store: Store, cells: list[RunSpec], force: bool) -> tuple[list[RunSpec], list[str]]:
+    """(cells to compute, run ids already finished): with `force` every cell is to compute."""
+    pending = [c for c in cells if force or not store.has_result(c.run_id)]
+    pending_ids = {c.run_id for c in pending}
+    return pending, [c.run_id for c in cells if c.run_id not in pending_ids]
 
 
 def run_suite(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list[int] | None = None,
@@ -133,46 +203,29 @@ def run_suite(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list
     store = Store(out)
     store.claim(suite.name)
     env = environment(device)
-    outcome = SuiteOutcome(cells)
+    outcome = SuiteOutcome(cells, device=device)
     started = time.perf_counter()
-    pending = [c for c in cells if force or not store.has_result(c.run_id)]
-    pending_ids = {c.run_id for c in pending}
-    outcome.skipped = [c.run_id for c in cells if c.run_id not in pending_ids]
+    pending, outcome.skipped = split_pending(store, cells, force)
     bar = tqdm(total=len(cells), initial=len(outcome.skipped), desc=f"suite {suite.name}", unit="cell",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for spec in pending:
-        rid = spec.run_id
-        label = f"{spec.dataset} {spec.noise} {spec.method} seed={spec.seed}"
+        label = cell_label(spec)
         bar.set_postfix_str(label)
-        with store.lock(rid) as held:
-            if not held:
-                outcome.busy.append(rid)
-                bar.update(1)
-                continue
-            if not force and store.has_result(rid):  # another runner finished it meanwhile
-                outcome.skipped.append(rid)
-                bar.update(1)
-                continue
-            store.remove_stale_temporaries(rid)
-            store.write(rid, "config.json", {"run_id": rid, "suite": suite.name, "spec": spec.to_dict(), "environment": env})
-            store.remove(rid, "error.json")
-            epochs = tqdm(total=spec.protocol["epochs"], desc=label, unit="epoch", leave=False,
-                          disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
-            try:
-                result = run_cell(spec, device, data_root, cache_dir=cache_dir, on_epoch=lambda r: (
-                    epochs.update(1), epochs.set_postfix(test=f"{r.test_acc:.3f}", val=f"{r.val_acc:.3f}")))
-                store.write(rid, "result.json", {"run_id": rid, **result})
-                outcome.computed.append(rid)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # a failing cell is recorded and the suite goes on
-                store.remove(rid, "result.json")
-                message = str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
-                store.write(rid, "error.json", {"run_id": rid, "error": message, "traceback": traceback.format_exc()})
-                outcome.failed[rid] = message
-                bar.write(f"cell {rid} ({label}) failed: {message}", file=sys.stderr)
-            finally:
-                epochs.close()
+        epochs = tqdm(total=spec.protocol["epochs"], desc=label, unit="epoch", leave=False,
+                      disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
+
+        def on_epoch(r, epochs=epochs):
+            epochs.update(1)
+            epochs.set_postfix(test=f"{r.test_acc:.3f}", val=f"{r.val_acc:.3f}")
+
+        try:
+            status, message = compute_cell(store, suite.name, spec, env, device=device, data_root=data_root,
+                                           cache_dir=cache_dir, force=force, on_epoch=on_epoch)
+        finally:
+            epochs.close()
+        outcome.record(spec.run_id, status, message)
+        if status == "failed":
+            bar.write(f"cell {spec.run_id} ({label}) failed: {message}", file=sys.stderr)
         bar.update(1)
     bar.close()
     outcome.seconds = time.perf_counter() - started

@@ -1,0 +1,284 @@
+"""Executors of `echobench run`: local workers and Ray give the in-process runner's results; kills
+of a worker or of the driver mid-suite lose nothing and duplicate nothing on the re-run.
+
+CPU results are deterministic for a given number of torch threads, so every run here uses one thread
+(the session fixture in conftest.py pins this process; workers and Ray tasks get --threads 1).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from echobench.executors import run_suite_with
+from echobench.suite import load_suite, parse_suite
+
+KILL_SUITE = {  # cells of a few seconds each on one thread, so that a kill lands mid-suite
+    "name": "kill",
+    "datasets": {"shapes": {"n_train": 600, "n_test": 200}},
+    "noise": ["symmetric:0.3"],
+    "methods": ["ce"],
+    "seeds": [1, 2, 3, 4, 5, 6],
+    "protocol": {"name": "smoke", "epochs": 2},
+}
+ECHOMOD_SUITE = {  # EchoAlign on the procedural engine: two cache shards of pairs (indices 0-1023, 1024-1499)
+    "name": "echomod",
+    "datasets": {"shapes": {"n_train": 1500, "n_test": 200, "image_size": 16}},
+    "noise": ["symmetric:0.3"],
+    "methods": ["echoalign", "im-only"],
+    "seeds": [1],
+    "protocol": {"name": "smoke", "epochs": 1},
+}
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in Path(out).glob("cells/*/result.json")}
+
+
+def comparable(result: dict) -> dict:
+    """What must not depend on the executor: metrics, noise facts and per-epoch numbers (not seconds)."""
+    curves = [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in result["curves"]]
+    return {"metrics": result["metrics"], "noise": result["noise"], "sizes": result["sizes"], "curves": curves}
+
+
+def assert_same_results(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert a.keys() == b.keys() and a
+    for rid in a:
+        assert comparable(a[rid]) == comparable(b[rid]), rid
+
+
+@pytest.fixture(scope="module")
+def local_smoke(tmp_path_factory):
+    """The smoke suite through the default local executor, one worker, in this process."""
+    out = tmp_path_factory.mktemp("smoke-local")
+    outcome = run_suite_with("local", load_suite("smoke"), out, device="cpu", workers=1, threads=1, progress=False)
+    assert len(outcome.computed) == 4 and not outcome.failed
+    return results(out)
+
+
+def test_two_local_workers_give_the_results_of_one(local_smoke, tmp_path):
+    outcome = run_suite_with("local", load_suite("smoke"), tmp_path, device="cpu", workers=2, threads=1, progress=False)
+    assert len(outcome.computed) == 4 and not outcome.failed and not outcome.busy
+    assert outcome.device == "2 workers on cpu, 1 thread(s) each"
+    assert_same_results(results(tmp_path), local_smoke)
+    executors = [json.loads(p.read_text())["executor"] for p in tmp_path.glob("cells/*/config.json")]
+    assert {e["worker"] for e in executors} == {0, 1} and all(e["threads"] == 1 for e in executors)
+    again = run_suite_with("local", load_suite("smoke"), tmp_path, device="cpu", workers=2, threads=1, progress=False)
+    assert again.computed == [] and len(again.skipped) == 4  # resume: nothing to do, no worker started
+
+
+def test_gpu_workers_are_pinned_round_robin_to_the_visible_gpus(monkeypatch):
+    import echobench.environment as environment
+    import echobench.executors as executors
+
+    monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cuda")
+    monkeypatch.setattr(executors, "visible_gpus", lambda: ["2", "5"])
+    plan = executors.local_plan("auto")
+    assert plan.workers == 2 and plan.gpus == ("2", "5") and plan.device == "cuda"
+    assert executors.local_plan("auto", workers=3).gpus == ("2", "5", "2")
+    assert executors.local_plan("auto", workers=1).workers == 1
+    monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cpu")
+    cpu = executors.local_plan("cpu", workers=2, threads=1)
+    assert cpu.gpus == (None, None) and cpu.threads == 1 and executors.local_plan("cpu").workers == 1
+
+
+def test_visible_gpus_honour_cuda_visible_devices(monkeypatch):
+    import torch
+
+    from echobench.executors import visible_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert visible_gpus() == ["3", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus() == ["0", "1"]
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+def test_run_help_documents_the_executors(capsys):
+    from echobench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for needle in ("--executor {local,ray}", "--workers", "--address", "--executor ray --address auto", "--workers 4"):
+        assert needle in text
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--executor", "slurm"], "invalid choice: 'slurm'"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--address", "auto"], "--address auto goes with --executor ray"),
+    (["--workers", "-3"], "--workers must be at least 1"),
+])
+def test_bad_executor_options_get_a_message_not_a_traceback(args, expected, tmp_path, capsys):
+    from echobench.cli import main
+
+    try:
+        code = main(["run", "--suite", "smoke", "--out", str(tmp_path / "o"), "--no-progress", *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ray_executor_without_ray_names_the_extra(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    code, _, err = cli("run", "--suite", "smoke", "--out", tmp_path / "o", "--executor", "ray", "--no-progress")
+    assert code == 2 and "pip install 'echobench[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- Ray ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance for this module: two CPUs, no dashboard."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_executor_gives_the_local_results(ray_local, local_smoke, tmp_path):
+    outcome = run_suite_with("ray", load_suite("smoke"), tmp_path, threads=1, progress=False)
+    assert len(outcome.computed) == 4 and not outcome.failed
+    assert outcome.device == "ray (2 CPU task(s) at once)"
+    assert_same_results(results(tmp_path), local_smoke)
+    config = json.loads(next(tmp_path.glob("cells/*/config.json")).read_text())
+    assert config["executor"]["name"] == "ray" and config["executor"]["task_resources"] == {"num_cpus": 1}
+    assert config["environment"]["device"]["threads"] == 1  # the task's environment, not the driver's
+    assert run_suite_with("ray", load_suite("smoke"), tmp_path, threads=1, progress=False).computed == []
+
+
+@pytest.mark.ray
+def test_ray_generates_echomod_pairs_in_shard_tasks_and_training_only_reads_them(ray_local, tmp_path):
+    suite = parse_suite(ECHOMOD_SUITE, "test")
+    local = run_suite_with("local", suite, tmp_path / "local", device="cpu", workers=1, threads=1, progress=False,
+                           cache_dir=str(tmp_path / "cache-local"))
+    remote = run_suite_with("ray", suite, tmp_path / "ray", threads=1, progress=False,
+                            cache_dir=str(tmp_path / "cache-ray"))
+    assert len(local.computed) == len(remote.computed) == 2 and not local.failed and not remote.failed
+    ray_results, local_results = results(tmp_path / "ray"), results(tmp_path / "local")
+    assert_same_results(ray_results, local_results)
+    for r in ray_results.values():  # the shard tasks made every pair before training started
+        cache = r["diagnostics"]["cache"]
+        assert cache["generated"] == 0 and cache["cached"] == cache["requested"] == r["sizes"]["train"]
+    assert sum(r["diagnostics"]["cache"]["generated"] for r in local_results.values()) > 0  # in-process: made in the cell
+    shards = sorted(p.name for p in (tmp_path / "cache-ray").rglob("shard-*.npz"))
+    assert shards == ["shard-000000.npz", "shard-000001.npz"]  # one per generation shard task (0/2 and 1/2)
+
+
+# --- kill and resume ----------------------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def start_run(tmp_path: Path, env: dict, *extra: str) -> tuple[subprocess.Popen, list[str], Path]:
+    suite_file = tmp_path / "kill.yaml"
+    suite_file.write_text(json.dumps(KILL_SUITE))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "echobench", "run", "--suite", str(suite_file), "--out", str(out), "--device", "cpu",
+           "--threads", "1", "--no-progress", *extra]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return proc, cmd, out
+
+
+def wait_for_results(out: Path, proc: subprocess.Popen, n: int = 1, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while len(list(out.glob("cells/*/result.json"))) < n:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no result in time"
+        time.sleep(0.05)
+
+
+def rerun_and_check(cmd: list[str], env: dict, out: Path, done_before: dict[str, int]) -> dict:
+    """Re-run: exactly the missing cells computed, finished ones untouched, one result per cell, no temporaries."""
+    rerun = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    cells = len(KILL_SUITE["seeds"])
+    assert summary["skipped"] == len(done_before) and summary["computed"] == cells - len(done_before)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
+    assert len(finished) == cells and len(list((out / "cells").iterdir())) == cells
+    assert all(finished[k] == v for k, v in done_before.items())  # nothing computed twice
+    assert not list(out.rglob("*.tmp")) and not list(out.glob("cells/*/error.json"))
+    for p in out.glob("cells/*/result.json"):
+        json.loads(p.read_text())
+    return summary
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
+def test_sigkill_of_a_worker_mid_suite_then_rerun_completes(tmp_path, subprocess_env):
+    proc, cmd, out = start_run(tmp_path, subprocess_env, "--workers", "2")
+    try:
+        wait_for_results(out, proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)  # the driver goes on with the other worker
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, err.decode()
+    errors = {p.parent.name: json.loads(p.read_text())["error"] for p in out.glob("cells/*/error.json")}
+    assert len(errors) == 1, errors  # only the cell the killed worker was on
+    (lost, message), = errors.items()
+    assert f"pid {workers[0]}" in message and "SIGKILL" in message and "re-run" in message
+    assert (out / "cells" / lost / ".lock").exists()  # its lock file stays; the kernel dropped the lock itself
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
+    assert len(done_before) == len(KILL_SUITE["seeds"]) - 1
+    summary = rerun_and_check(cmd, subprocess_env, out, done_before)
+    assert summary["computed"] == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
+def test_sigkill_of_the_driver_mid_suite_takes_its_workers_and_rerun_completes(tmp_path, subprocess_env):
+    proc, cmd, out = start_run(tmp_path, subprocess_env, "--workers", "2")
+    try:
+        wait_for_results(out, proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must not outlive it
+        proc.wait()
+        deadline = time.time() + 10
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(w) for w in workers), "a worker outlived its driver"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
+    assert 1 <= len(done_before) < len(KILL_SUITE["seeds"]), "the kill should land mid-suite"
+    unfinished = [d for d in (out / "cells").iterdir() if not (d / "result.json").exists()]
+    assert any((d / ".lock").exists() for d in unfinished)  # the killed workers' lock files are left behind
+    rerun_and_check(cmd, subprocess_env, out, done_before)
