@@ -243,8 +243,7 @@ def runtime_document(runtime_cells: list[tuple[str, dict, dict]]) -> dict[str, A
                 "config", "device", "resolution", "batch_size", "steps", "engine", "seconds_per_image", "images_per_s",
                 "peak_mib", "peak_kind", "parity_max_abs", "speedup_vs_reference")}})
             if spec["config"] == "sd15":
-                sd15.append((rid, m, normalize_measurement({k: v for k, v in m.items() if k != "gpu_guessed"},
-                                                           f"cell {rid}")))
+                sd15.append((rid, m, normalize_measurement(m, f"cell {rid}")))
         for name, why in result.get("unsupported", {}).items():
             rows.append({"run_id": rid, "config": spec["config"], "resolution": spec["resolution"],
                          "batch_size": spec["batch_size"], "steps": spec["steps"], "engine": name, "unsupported": why})
@@ -363,7 +362,7 @@ def index_markdown(root: Path, *, suite: str | None, counts: dict, reports: list
                              for k, c in counts.items() if any(c.values())))
     lines.append("- cell files: `cells/<id>/config.json` (spec and environment), `result.json`, `error.json`\n")
     if runs:
-        rows = [[r.get("started", "?"), f"`{r.get('command', '?')}`", r.get("device", "?"),
+        rows = [[r.get("started", "?"), "`" + str(r.get("command", "?")).replace("|", "\\|") + "`", r.get("device", "?"),
                  ", ".join(f"{n} {k}" for k, n in (r.get("cells") or {}).items() if n), f"[record]({r['file']})"]
                 for r in runs]
         lines += ["Commands that ran in this directory (recorded by `echobench run`):\n",

@@ -176,7 +176,6 @@ def run_selection_cell(spec: SelectionSpec, cell_dir: Path, *, device: str = "cp
     doc = select_report(task, clean, EchoAlignParams(**spec.params), peers=list(spec.peers),
                         peer_params=spec.peers, precisions=tuple(spec.precisions), out_dir=cell_dir,
                         progress=progress)
-    (cell_dir / "select.json").unlink(missing_ok=True)  # the same document is the cell's result.json
     doc["files"] = dict(SELECTION_FILES)  # relative to the cell directory
     doc["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
     return doc
