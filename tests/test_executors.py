@@ -5,6 +5,7 @@ CPU results are deterministic for a given number of torch threads, so every run 
 (the session fixture in conftest.py pins this process; workers and Ray tasks get --threads 1).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -281,4 +282,22 @@ def test_sigkill_of_the_driver_mid_suite_takes_its_workers_and_rerun_completes(t
     assert 1 <= len(done_before) < len(KILL_SUITE["seeds"]), "the kill should land mid-suite"
     unfinished = [d for d in (out / "cells").iterdir() if not (d / "result.json").exists()]
     assert any((d / ".lock").exists() for d in unfinished)  # the killed workers' lock files are left behind
+    rerun_and_check(cmd, subprocess_env, out, done_before)
+
+
+@pytest.mark.ray
+def test_sigkill_of_the_ray_driver_mid_suite_then_rerun_completes(tmp_path, subprocess_env):
+    pytest.importorskip("ray")
+    proc, cmd, out = start_run(tmp_path, subprocess_env, "--executor", "ray", "--address", "local")
+    try:
+        wait_for_results(out, proc)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver: it held the locks and wrote the results
+        proc.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # what is left of the Ray instance it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
+    assert 1 <= len(done_before) < len(KILL_SUITE["seeds"]), "the kill should land mid-suite"
     rerun_and_check(cmd, subprocess_env, out, done_before)
