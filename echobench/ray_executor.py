@@ -115,14 +115,14 @@ def cell_task(spec_dict: dict, device: str, threads: int | None, data_root: str 
     import platform
 
     from .environment import environment
-    from .runner import run_cell
+    from .runner import run_cell_retrying_oom
 
     _prepare_worker(threads)
     spec = RunSpec.from_dict(spec_dict)
     env = environment(device)
     host = {"host": platform.node(), "pid": os.getpid()}
     try:
-        result = run_cell(spec, device, data_root, cache_dir=cache_dir)
+        result = run_cell_retrying_oom(spec, device, data_root, cache_dir=cache_dir)
     except Exception as exc:  # a failing cell is reported; the driver writes error.json
         return {"error": error_message(exc), "traceback": traceback.format_exc(), "environment": env, **host}
     return {"result": result, "environment": env, **host}

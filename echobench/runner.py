@@ -11,6 +11,8 @@ holds a per-cell lock while computing, records a failing cell's traceback and go
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 import time
 import traceback
@@ -116,6 +118,75 @@ def run_cell(spec: RunSpec, device: str = "cpu", data_root: str | None = None,
     }
 
 
+# --- out of GPU memory: the same cell with smaller generation/evaluation batches --------------------
+
+OOM_ATTEMPTS = 4  # the first try and up to three retries, each halving the batches below
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def smaller_batches(spec: RunSpec) -> tuple[RunSpec, dict] | None:
+    """`spec` with the batches that only trade speed for memory halved, and what they became; None when
+    all are at 1 already. They are the evaluation batch (`protocol.eval_batch_size`) and, for methods
+    that generate with EchoMod, its generation batch (`generation_batch_size`) and the diffusion
+    engine's denoising batch (`engine_options.batch_size`; images do not depend on it, see
+    `DiffusionConfig`). The training batch is part of the experiment and is never changed."""
+    from .echomod import default_engine
+    from .echomod_diffusion import DIFFUSION_ENGINES, DiffusionConfig
+
+    protocol, params = dict(spec.protocol), dict(spec.method_params)
+    changed = {}
+    if protocol.get("eval_batch_size", 1) > 1:
+        changed["eval_batch_size"] = protocol["eval_batch_size"] = protocol["eval_batch_size"] // 2
+    if params.get("generation_batch_size", 1) > 1:
+        changed["generation_batch_size"] = params["generation_batch_size"] = params["generation_batch_size"] // 2
+    if "engine_options" in params and (params.get("engine") or default_engine(spec.dataset)) in DIFFUSION_ENGINES:
+        options = dict(params["engine_options"])
+        current = int(options.get("batch_size", DiffusionConfig.batch_size))
+        if current > 1:
+            changed["engine_batch_size"] = options["batch_size"] = current // 2
+            params["engine_options"] = options
+    if not changed:
+        return None
+    return dataclasses.replace(spec, protocol=protocol, method_params=params), changed
+
+
+def run_cell_retrying_oom(spec: RunSpec, device: str = "cpu", data_root: str | None = None,
+                          on_epoch: Callable | None = None, cache_dir: str | None = None) -> dict:
+    """`run_cell`, retried with `smaller_batches` when the GPU runs out of memory (up to `OOM_ATTEMPTS`
+    tries). The result lists the retries under "oom_retries"; the cell keeps its run id (the store is
+    keyed by the caller's spec). Any other error, or running out of memory at the smallest batches,
+    propagates with what was tried in the message."""
+    import torch
+
+    tried: list[dict] = []
+    attempt_spec = spec
+    while True:
+        try:
+            result = run_cell(attempt_spec, device, data_root, on_epoch=on_epoch, cache_dir=cache_dir)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            smaller = smaller_batches(attempt_spec) if len(tried) + 1 < OOM_ATTEMPTS else None
+            if smaller is None:
+                raise EchobenchError(f"out of GPU memory after {len(tried) + 1} tries (smaller batches tried: "
+                                     f"{tried or 'none'}): {str(exc).splitlines()[0][:200]}; use a GPU with more "
+                                     "memory or smaller batches in the suite") from exc
+            attempt_spec, changed = smaller
+            tried.append(changed)
+            print(f"echobench: cell {spec.run_id} ran out of GPU memory; retrying with {changed}", file=sys.stderr)
+            continue
+        if tried:
+            result["oom_retries"] = tried
+        return result
+
+
 @dataclass
 class SuiteOutcome:
     cells: list[RunSpec]
@@ -173,7 +244,7 @@ def compute_cell(store: Store, suite_name: str, spec: RunSpec, env: dict, *, dev
         store.write(rid, "config.json", config)
         store.remove(rid, "error.json")
         try:
-            result = run_cell(spec, device, data_root, cache_dir=cache_dir, on_epoch=on_epoch)
+            result = run_cell_retrying_oom(spec, device, data_root, cache_dir=cache_dir, on_epoch=on_epoch)
             store.write(rid, "result.json", {"run_id": rid, **result})
             return "computed", None
         except (KeyboardInterrupt, SystemExit):

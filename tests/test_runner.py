@@ -175,3 +175,74 @@ def test_summary_covers_the_final_stage_only():
     s = h.summary()
     assert s["test_acc_oracle"] == 0.6 and s["test_acc_best_val"] == 0.5 and s["best_val_epoch"] == 3
     assert s["test_acc_last"] == 0.6 and s["epochs"] == 4
+
+
+# ------------------------------------------------------------------------------- out of GPU memory
+
+
+def _oom_suite(method="echoalign", dataset="cifar10"):
+    from echobench.suite import parse_suite
+
+    return parse_suite({"name": "oom", "datasets": [dataset], "noise": ["symmetric:0.3"], "methods": [method],
+                        "seeds": [1], "protocol": "paper"}, "test")
+
+
+def test_out_of_memory_retries_with_smaller_batches(tmp_path, monkeypatch):
+    """A cell that runs out of GPU memory is retried with halved evaluation, generation and denoising
+    batches (never the training batch), keeps its run id, and records what it took."""
+    import torch
+
+    from echobench import runner
+
+    (spec,) = _oom_suite().expand()
+    seen = []
+
+    def fake_run_cell(s, *args, **kwargs):
+        seen.append(s)
+        if s.protocol["eval_batch_size"] > 256:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"metrics": {"test_acc_best_val": 0.5}}
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    store = runner.Store(tmp_path)
+    status, message = runner.compute_cell(store, "oom", spec, {})
+    assert (status, message) == ("computed", None)
+    assert [s.protocol["eval_batch_size"] for s in seen] == [1024, 512, 256]
+    assert [s.method_params["generation_batch_size"] for s in seen] == [64, 32, 16]
+    assert [s.method_params["engine_options"].get("batch_size") for s in seen] == [None, 4, 2]
+    assert {s.protocol["batch_size"] for s in seen} == {spec.protocol["batch_size"]}  # the experiment is unchanged
+    result = json.loads((tmp_path / "cells" / spec.run_id / "result.json").read_text())
+    assert result["run_id"] == spec.run_id
+    assert result["oom_retries"] == [
+        {"eval_batch_size": 512, "generation_batch_size": 32, "engine_batch_size": 4},
+        {"eval_batch_size": 256, "generation_batch_size": 16, "engine_batch_size": 2},
+    ]
+
+
+def test_out_of_memory_gives_up_with_a_clear_error_and_other_errors_are_not_retried(tmp_path, monkeypatch):
+    import torch
+
+    from echobench import runner
+
+    (spec,) = _oom_suite("ce", "shapes").expand()
+    calls = []
+
+    def always_oom(s, *args, **kwargs):
+        calls.append(s.protocol["eval_batch_size"])
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(runner, "run_cell", always_oom)
+    status, message = runner.compute_cell(runner.Store(tmp_path), "oom", spec, {})
+    assert status == "failed" and "out of GPU memory after 4 tries" in message and "eval_batch_size" in message
+    assert calls == [1024, 512, 256, 128]
+    assert (tmp_path / "cells" / spec.run_id / "error.json").exists()
+
+    calls.clear()
+
+    def broken(s, *args, **kwargs):
+        calls.append(1)
+        raise ValueError("a bug, not memory")
+
+    monkeypatch.setattr(runner, "run_cell", broken)
+    status, message = runner.compute_cell(runner.Store(tmp_path), "oom", spec, {}, force=True)
+    assert status == "failed" and message == "ValueError: a bug, not memory" and calls == [1]
