@@ -80,15 +80,10 @@ for _name, _path in _suite_files().items():
     SUITES.add(_name, _path)
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    dataset: str
-    dataset_options: dict
-    noise: str
-    method: str
-    method_params: dict
-    seed: int
-    protocol: dict
+class CellSpec:
+    """What every kind of cell spec shares: a canonical JSON of all its fields, which hashes to its
+    stable run id (the same experiment always lands in the same cell directory), and the round trip
+    through the dict stored in config.json."""
 
     def canonical(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
@@ -101,12 +96,23 @@ class RunSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+    def from_dict(cls, d: dict):
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True)
-class SelectionSpec:
+class RunSpec(CellSpec):
+    dataset: str
+    dataset_options: dict
+    noise: str
+    method: str
+    method_params: dict
+    seed: int
+    protocol: dict
+
+
+@dataclass(frozen=True)
+class SelectionSpec(CellSpec):
     """A `selection` cell (the paper's Table 4, §5.3 "Sensitivity Analysis"): EchoSelect and the peer
     selectors on one noisy setting, measured against the clean labels of its training split.
 
@@ -125,20 +131,6 @@ class SelectionSpec:
     precisions: list
     kind: str = "selection"
 
-    def canonical(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def run_id(self) -> str:
-        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SelectionSpec":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
     def setting_spec(self) -> RunSpec:
         """The training cell of `echoalign` on the same setting: same noisy labels, split and EchoMod pairs."""
         return RunSpec(self.dataset, dict(self.dataset_options), self.noise, "echoalign", {}, self.seed,
@@ -149,7 +141,7 @@ class SelectionSpec:
 
 
 @dataclass(frozen=True)
-class RuntimeSpec:
+class RuntimeSpec(CellSpec):
     """A `runtime` cell (the paper's appendix D, Tables 6 and 7): `echobench bench engines` at one
     resolution and batch size on one device type; EchoMod's engines against diffusers' stock
     `StableDiffusionControlNetPipeline` on the same inputs, wall seconds per generated image."""
@@ -164,20 +156,6 @@ class RuntimeSpec:
     repeats: int
     seed: int
     kind: str = "runtime"
-
-    def canonical(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def run_id(self) -> str:
-        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RuntimeSpec":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
     def label(self) -> str:
         return (f"{self.config} {self.resolution}² batch {self.batch_size} {self.steps} steps on {self.device_type}: "
