@@ -293,7 +293,8 @@ def cmd_run(args) -> int:
             print(doc["markdown"])
         print(f"{len(cells)} cells: {len(outcome.computed)} computed, {len(outcome.skipped)} already done, "
               f"{len(outcome.busy)} busy in another runner, {failed} failed; {wall:.0f} s on {device}. "
-              f"Results and report.{{md,tex,csv,json}} in {out}/")
+              + (f"Results and {', '.join(doc['written'])} in {out}/ (start at index.md)" if doc else
+                 f"Results in {out}/ (no report: every cell failed)"))
         for rid, msg in outcome.failed.items():
             print(f"  failed {rid}: {msg} (traceback in {out}/cells/{rid}/error.json)", file=sys.stderr)
     return 1 if failed else 0
