@@ -268,12 +268,19 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(raw, source)
 
 
-def parse_suite(raw: Any, source: str) -> Suite:
-    if not isinstance(raw, dict):
-        raise EchobenchError(f"suite {source} must be a mapping with keys {sorted(SUITE_KEYS)}")
-    unknown = sorted(set(raw) - SUITE_KEYS)
+def _check_mapping(value: Any, known: set[str], source: str, where: str = "") -> None:
+    """EchobenchError unless `value` is a mapping whose keys are all in `known`; `where` names the
+    part of suite `source` being read ("" for the whole file, "a block", "`selection`")."""
+    place = f"suite {source}" + (f": {where}" if where else "")
+    if not isinstance(value, dict):
+        raise EchobenchError(f"{place} must be a mapping with keys {sorted(known)}")
+    unknown = sorted(set(value) - known)
     if unknown:
-        raise EchobenchError(f"suite {source}: unknown key(s) {unknown}; known: {sorted(SUITE_KEYS)}")
+        raise EchobenchError(f"{place}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def parse_suite(raw: Any, source: str) -> Suite:
+    _check_mapping(raw, SUITE_KEYS, source)
     if not raw.get("name"):
         raise EchobenchError(f"suite {source} needs a name")
     top = {k: raw[k] for k in BLOCK_KEYS if k in raw}
@@ -282,9 +289,7 @@ def parse_suite(raw: Any, source: str) -> Suite:
         raise EchobenchError(f"suite {source}: `blocks` must be a list of mappings")
     blocks = []
     for b in raw_blocks or [{}]:
-        unknown = sorted(set(b) - BLOCK_KEYS)
-        if unknown:
-            raise EchobenchError(f"suite {source}: unknown key(s) {unknown} in a block; known: {sorted(BLOCK_KEYS)}")
+        _check_mapping(b, BLOCK_KEYS, source, "a block")
         kind = b.get("kind", top.get("kind", "train"))
         if kind not in KINDS:
             raise unknown_name_error("suite kind", str(kind), list(KINDS))
@@ -349,11 +354,7 @@ def _normalize_selection(sel: Any, source: str) -> dict:
     from .features import EXTRACTORS
     from .selectors import SELECTORS
 
-    if not isinstance(sel, dict):
-        raise EchobenchError(f"suite {source}: `selection` must be a mapping with keys {sorted(SELECTION_KEYS)}")
-    unknown = sorted(set(sel) - SELECTION_KEYS)
-    if unknown:
-        raise EchobenchError(f"suite {source}: unknown key(s) {unknown} under `selection`; known: {sorted(SELECTION_KEYS)}")
+    _check_mapping(sel, SELECTION_KEYS, source, "`selection`")
     peers = dict(_as_named(sel["peers"], "selection.peers", source)) if sel.get("peers") else {}
     for name in peers:
         SELECTORS.get(name)  # raises with suggestions
@@ -405,11 +406,7 @@ def _normalize_runtime(runtime: Any, source: str) -> dict:
     for device_type, variant in runtime.items():
         where = f"runtime.{device_type}"
         variant = variant or {}
-        if not isinstance(variant, dict):
-            raise EchobenchError(f"suite {source}: `{where}` must be a mapping with keys {sorted(RUNTIME_KEYS)}")
-        unknown = sorted(set(variant) - RUNTIME_KEYS)
-        if unknown:
-            raise EchobenchError(f"suite {source}: unknown key(s) {unknown} under `{where}`; known: {sorted(RUNTIME_KEYS)}")
+        _check_mapping(variant, RUNTIME_KEYS, source, f"`{where}`")
         config = variant.get("config", "tiny")
         if config not in MODELS:
             raise unknown_name_error("model configuration", str(config), sorted(MODELS))
