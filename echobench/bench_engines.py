@@ -91,32 +91,36 @@ def reference_pipeline(components, settings) -> Callable:
 
 def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tuple[str, ...] = ("eager",),
                   batch_sizes: tuple[int, ...] = (2,), resolution: int | None = None, steps: int = 20,
-                  repeats: int = 1, device: str = "cpu", seed: int = 0,
+                  repeats: int = 1, device: str = "cpu", seed: int = 0, vae: str = "",
                   progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the bench (module docstring). Each engine is built once per batch size (the compiled and
     exported engines are built for fixed step shapes); its build time is reported. `progress`, if
     given, is called with the document so far (`"complete": False`) after every row and batch size,
-    so that a run cut short by a time limit still leaves what it measured."""
+    so that a run cut short by a time limit still leaves what it measured. `vae`: an approximate tiny
+    decoder for every row, the reference included (`DiffusionConfig.vae`)."""
     import torch
     from PIL import Image
 
     from engines.shapes import StepShapes
 
     from .diffusion_models import build_components, default_resolution
-    from .echomod_diffusion import (DiffusionConfig, DiffusionEchoMod, control_images, make_engine, prompt_for,
-                                    require_runtime)
+    from .echomod_diffusion import (DiffusionConfig, DiffusionEchoMod, control_images, load_tiny_vae, make_engine,
+                                    prompt_for, require_runtime)
     from .environment import environment
 
     dev = torch.device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     resolution = resolution or default_resolution(config)
     components = build_components(config, random_init=random_init, device=device, dtype=dtype)
+    if vae:
+        components.vae = load_tiny_vae(vae, device, dtype)
     class_names = [f"class {i}" for i in range(10)]
-    settings = DiffusionConfig(resolution=resolution, steps=steps)
+    settings = DiffusionConfig(resolution=resolution, steps=steps, vae=vae)
     rng = np.random.default_rng(seed)
     doc: dict[str, Any] = {
         "config": config, "random_init": random_init, "resolution": resolution, "steps": steps,
-        "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler, "device": device,
+        "guidance_scale": settings.guidance_scale, "scheduler": settings.scheduler, "vae": vae or "checkpoint's",
+        "device": device,
         "dtype": str(dtype).removeprefix("torch."), "repeats": repeats, "rows": {},
         "environment": environment(device), "complete": False,
     }
@@ -302,7 +306,8 @@ def format_bench_engines(doc: dict[str, Any]) -> str:
     return "\n".join([
         f"EchoMod engines: config {doc['config']} ({'random init' if doc['random_init'] else 'weights'}), "
         f"{doc['resolution']}², {doc['steps']} steps, CFG {doc['guidance_scale']}, {doc['scheduler']}, "
-        f"{doc['device']} {doc['dtype']}, best of {doc['repeats']}",
+        f"{doc['device']} {doc['dtype']}, best of {doc['repeats']}"
+        + ("" if doc.get("vae", "checkpoint's") == "checkpoint's" else f", approximate tiny VAE {doc['vae']}"),
         tabulate(table, headers=["row", "batch", "images/s", "s/step", "peak MiB", "max |Δpixel|", "vs stock", "note"],
                  tablefmt="github"),
         f"reference row: {REFERENCE} = diffusers StableDiffusionControlNetPipeline, timed in the same run on the same inputs",

@@ -175,6 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="images per batch (default: 4)")
     eng.add_argument("--resolution", type=int, help="generation resolution (default: 32 for tiny, 512 for sd15)")
     eng.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    eng.add_argument("--vae", default="", help="an approximate tiny decoder for every row (an AutoencoderTiny hub id "
+                                               "or directory, e.g. madebyollin/taesd); default: the checkpoint's VAE")
     eng.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up; the fastest counts")
     eng.add_argument("--device", default="auto")
     eng.add_argument("--threads", type=int, help="torch CPU threads")
@@ -476,7 +478,7 @@ def _bench_engines(args) -> int:
     doc = bench_engines(config=args.config, random_init=args.random_init or args.config == "tiny",
                         engines=tuple(args.engines), batch_sizes=tuple(sorted(set(args.batch_sizes))),
                         resolution=args.resolution, steps=args.steps, repeats=args.repeats,
-                        device=resolve_device(args.device), seed=args.seed,
+                        device=resolve_device(args.device), seed=args.seed, vae=args.vae,
                         progress=None if not args.out else (lambda d: atomic_write_json(Path(args.out), d)))
     print(json.dumps(doc, indent=2) if args.json else format_bench_engines(doc))
     failed = failed_rows(doc)

@@ -85,6 +85,12 @@ class DiffusionConfig:
     and `controlnet`; "tiny" is the small test model (built locally, run at its own resolution unless
     `resolution` is given). `random_init`: the named architecture with random weights instead (same
     compute, nothing downloaded; for timing only, the images are noise).
+    `vae`: "" decodes with the checkpoint's own VAE (exact). Otherwise a hub id or local directory of
+    an `AutoencoderTiny`, e.g. "madebyollin/taesd" (TAESD, the tiny decoder the diffusers
+    documentation swaps in with `pipe.vae = AutoencoderTiny.from_pretrained(...)`). It is an
+    APPROXIMATE speedup: faster decoding, different images, so it is part of the cache key, and it is
+    used only when asked. Its effect on EchoSelect's decisions has not been measured here (that needs
+    the real weights).
     """
 
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -102,6 +108,7 @@ class DiffusionConfig:
     dtype: str = "auto"
     model: str = "sd15"
     random_init: bool = False
+    vae: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -415,6 +422,7 @@ class DiffusionEchoMod:
             # before these options existed (sd15 from its checkpoints) stay the same.
             **({"model": s.model} if s.model != "sd15" else {}),
             **({"random_init": True} if s.random_init else {}),
+            **({"vae": s.vae} if s.vae else {}),
         }
 
     def generate(self, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -563,10 +571,24 @@ def load_model(config: DiffusionConfig, device: str, dtype):
     """The components `config` names: sd15's checkpoints (`base_model`, `controlnet`) through
     `load_components`, or a model of `echobench.diffusion_models` (tiny, random_init)."""
     if config.model == "sd15" and not config.random_init:
-        return load_components(config, device, dtype)
-    from .diffusion_models import build_components
+        components = load_components(config, device, dtype)
+    else:
+        from .diffusion_models import build_components
 
-    return build_components(config.model, random_init=config.random_init, device=device, dtype=dtype)
+        components = build_components(config.model, random_init=config.random_init, device=device, dtype=dtype)
+    if config.vae:
+        components.vae = load_tiny_vae(config.vae, device, dtype)
+    return components
+
+
+def load_tiny_vae(ident: str, device: str, dtype):
+    """An `AutoencoderTiny` (hub id or local directory) in `dtype` on `device`, in eval mode: the
+    approximate decoder of `DiffusionConfig.vae`."""
+    import diffusers
+
+    path = _checkpoint_path(ident, "vae")
+    vae = _load("tiny VAE", path, lambda: diffusers.AutoencoderTiny.from_pretrained(path, torch_dtype=dtype))
+    return vae.to(device).eval()
 
 
 def make_diffusion_modifier(engine: str, dataset: str, class_names: list[str], image_size: int,

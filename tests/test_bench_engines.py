@@ -63,6 +63,21 @@ def test_bench_engines_out_is_written_as_it_goes(monkeypatch, tmp_path):
     assert seen[-1] == (True, ["diffusers-pipeline", "eager"]) and doc["complete"]
 
 
+def test_bench_engines_with_an_approximate_tiny_vae(cli, tmp_path):
+    """--vae swaps the decoder of every row, the stock pipeline's included (as diffusers' documentation
+    does with `pipe.vae = AutoencoderTiny...`): the rows still agree with each other."""
+    diffusers = pytest.importorskip("diffusers")
+    diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                              num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)).save_pretrained(tmp_path / "taesd")
+    code, out, err = cli("bench", "engines", "--engines", "eager", "--batch-sizes", "1", "--steps", "2",
+                         "--vae", tmp_path / "taesd")
+    assert code == 0, err
+    assert f"approximate tiny VAE {tmp_path / 'taesd'}" in out
+    code, out, err = cli("bench", "engines", "--engines", "eager", "--batch-sizes", "1", "--steps", "2", "--json",
+                         "--vae", tmp_path / "taesd")
+    assert json.loads(out)["rows"]["eager"]["1"]["parity_max_abs"] < 1e-5
+
+
 def test_bench_engines_bad_input(cli):
     code, _, err = cli("bench", "engines", "--batch-sizes", "0")
     assert code == 2 and "positive" in err and "Traceback" not in err

@@ -111,6 +111,33 @@ def test_matches_the_diffusers_controlnet_pipeline(components, checkpoint, sched
     assert (ours8 == reference8).mean() >= UINT8_EQUAL_FRACTION
 
 
+def test_a_tiny_vae_is_loaded_when_asked_and_decodes_as_the_pipeline_would(components, checkpoint, tmp_path):
+    """`vae`: an AutoencoderTiny (TAESD-shaped, tiny and random here) read back with the real loading
+    code replaces the checkpoint's decoder, exactly as `pipe.vae = AutoencoderTiny...` does in diffusers;
+    the images change, so does the cache key."""
+    import copy
+
+    from echobench.echomod_diffusion import load_model
+
+    tiny_vae = diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                                         num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1))
+    tiny_vae.save_pretrained(tmp_path / "taesd")
+    config = tiny_config(checkpoint, vae=str(tmp_path / "taesd"), steps=4)
+    loaded = load_model(config, "cpu", torch.float32)
+    assert isinstance(loaded.vae, diffusers.AutoencoderTiny)
+    with_tiny = copy.copy(components)
+    with_tiny.vae = loaded.vae
+    modifier = DiffusionEchoMod(CLASS_NAMES, DATASET_SIZE, with_tiny, EagerEngine(EagerConfig().resolve("cpu")), config)
+    images, labels, seeds = inputs(2)
+    ours = modifier.generate_pixels(images, labels, seeds)
+    assert np.abs(ours - pipeline_output(with_tiny, config, images, labels, seeds)).max() <= PIXEL_ATOL
+    exact = echomod(components, checkpoint, steps=4)
+    assert np.abs(ours - exact.generate_pixels(images, labels, seeds)).max() > 100 * PIXEL_ATOL
+    assert modifier.config()["vae"] == str(tmp_path / "taesd") and "vae" not in exact.config()
+    with pytest.raises(EchobenchError, match="vae: .* is not a directory"):
+        load_model(tiny_config(checkpoint, vae=str(tmp_path / "missing")), "cpu", torch.float32)
+
+
 def test_parity_is_not_vacuous(components, checkpoint):
     """The tiny model reacts to the seed, the label and the control image far beyond PIXEL_ATOL, so
     the parity test would see a wrong seed, prompt or control image."""
