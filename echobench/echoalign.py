@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .echomod import default_engine, make_modifier
+from .echomod import default_engine, make_modifier, modifier_config
 from .echoselect import check_tau, default_tau, keep_original, paired_cosine
 from .errors import EchobenchError
 from .features import default_extractor, make_extractor
@@ -60,10 +60,21 @@ def modify_pairs(dataset: str, dataset_options: dict | None, class_names: list[s
                  indices: np.ndarray, labels: np.ndarray, *, engine: str = "", engine_options: dict | None = None,
                  base_seed: int = 0, device: str = "cpu", cache_dir: str | None = None, batch_size: int = 64,
                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, CacheStats]:
-    """EchoMod outputs for (images[k] = dataset image indices[k], target labels[k]), through the cache."""
+    """EchoMod outputs for (images[k] = dataset image indices[k], target labels[k]), through the cache.
+    When every pair is cached and the cache key is known without building the generator
+    (`modifier_config`), the generator is never built: no diffusion model is loaded."""
     engine = engine or default_engine(dataset)
+    key = modifier_config(engine, dataset, class_names, images.shape[1], engine_options, device)
+    if key is not None:
+        started = time.perf_counter()
+        cache = cache_for(key, dataset, dataset_options, base_seed=base_seed, root=cache_dir)
+        stats = CacheStats(requested=len(indices))
+        out, found = cache.lookup(indices, labels, stats)
+        if out is not None and found.all():
+            stats.cached, stats.seconds = len(indices), time.perf_counter() - started
+            return out, stats
     modifier = make_modifier(engine, dataset, class_names, images.shape[1], engine_options, device)
-    cache = cache_for(modifier, dataset, dataset_options, base_seed=base_seed, root=cache_dir)
+    cache = cache_for(modifier.config(), dataset, dataset_options, base_seed=base_seed, root=cache_dir)
     return cache.get_or_generate(modifier, images, indices, labels, base_seed=base_seed, batch_size=batch_size,
                                  progress=progress)
 

@@ -72,6 +72,17 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def modifier_config(engine: str, dataset: str, class_names: list[str], image_size: int,
+                    options: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any] | None:
+    """`make_modifier(...).config()` (the cache key) when it is known without building the generator:
+    for the diffusion engines, whose building loads SD 1.5; None for the others (cheap to build)."""
+    from .echomod_diffusion import DIFFUSION_ENGINES, diffusion_modifier_config
+
+    if engine not in DIFFUSION_ENGINES or not class_names:
+        return None
+    return diffusion_modifier_config(engine, dataset, list(class_names), int(image_size), dict(options or {}), device)
+
+
 def make_modifier(engine: str, dataset: str, class_names: list[str], image_size: int,
                   options: dict[str, Any] | None = None, device: str = "cpu") -> Modifier:
     """The generator called `engine` for `dataset` (errors name the engine and what to install)."""

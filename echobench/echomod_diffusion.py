@@ -379,6 +379,28 @@ class PromptEmbeddings:
         return torch.cat([self.unconditional().expand(len(labels), -1, -1), cond])
 
 
+def cache_config(s: DiffusionConfig, class_names: list[str], image_size: int, dtype: str,
+                 engine_config: dict[str, Any]) -> dict[str, Any]:
+    """EchoMod's cache key (`DiffusionEchoMod.config`): everything that can change its images."""
+    return {
+        "generator": "controlnet-canny",
+        "base_model": s.base_model, "controlnet": s.controlnet,
+        "scheduler": s.scheduler, "steps": s.steps, "guidance_scale": s.guidance_scale,
+        "controlnet_conditioning_scale": s.controlnet_conditioning_scale,
+        "canny_low": s.canny_low, "canny_high": s.canny_high, "resolution": s.resolution,
+        "prompt_template": s.prompt_template, "negative_prompt": s.negative_prompt,
+        "class_names": class_names, "image_size": image_size,
+        "dtype": dtype,
+        "engine": engine_config["name"], "engine_config": engine_config,
+        "resize_back": "pil-bicubic",
+        # Only when they differ from the defaults, so that the cache keys of images generated
+        # before these options existed (sd15 from its checkpoints) stay the same.
+        **({"model": s.model} if s.model != "sd15" else {}),
+        **({"random_init": True} if s.random_init else {}),
+        **({"vae": s.vae} if s.vae else {}),
+    }
+
+
 class DiffusionEchoMod:
     """The EchoMod generator (a `Modifier`) on diffusers components and a `DenoiserEngine`.
 
@@ -406,24 +428,8 @@ class DiffusionEchoMod:
         engine.load(components)
 
     def config(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "generator": "controlnet-canny",
-            "base_model": s.base_model, "controlnet": s.controlnet,
-            "scheduler": s.scheduler, "steps": s.steps, "guidance_scale": s.guidance_scale,
-            "controlnet_conditioning_scale": s.controlnet_conditioning_scale,
-            "canny_low": s.canny_low, "canny_high": s.canny_high, "resolution": s.resolution,
-            "prompt_template": s.prompt_template, "negative_prompt": s.negative_prompt,
-            "class_names": self.class_names, "image_size": self.image_size,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "engine": self.engine.name, "engine_config": self.engine.config(),
-            "resize_back": "pil-bicubic",
-            # Only when they differ from the defaults, so that the cache keys of images generated
-            # before these options existed (sd15 from its checkpoints) stay the same.
-            **({"model": s.model} if s.model != "sd15" else {}),
-            **({"random_init": True} if s.random_init else {}),
-            **({"vae": s.vae} if s.vae else {}),
-        }
+        return cache_config(self.settings, self.class_names, self.image_size, str(self.dtype).removeprefix("torch."),
+                            self.engine.config())
 
     def generate(self, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         images, labels, seeds = self._check(images, labels, seeds)
@@ -591,15 +597,12 @@ def load_tiny_vae(ident: str, device: str, dtype):
     return vae.to(device).eval()
 
 
-def make_diffusion_modifier(engine: str, dataset: str, class_names: list[str], image_size: int,
-                            options: dict[str, Any], device: str, *, components=None,
-                            progress: Callable[[int, int], None] | None = None) -> DiffusionEchoMod:
-    """EchoMod with the diffusion engine `engine`: `options` override `DiffusionConfig` fields and the
-    engine's own options (`engine_option_defaults(engine)`); values may be strings, as a command line
-    passes them. The components are `load_model(config)` unless given (already on `device`, in the
-    configured dtype). `dataset` is part of the registry's factory signature; the images do not
-    depend on it."""
-    del dataset
+def resolve_options(engine: str, options: dict[str, Any], device: str):
+    """(DiffusionConfig, the engine's resolved settings, dtype name) from the registry's `options`.
+    Everything a user can get wrong is checked here, before the model is loaded (which can take
+    minutes): option names and values, and the engine's runtime."""
+    from engines.options import resolve_dtype
+
     engine_defaults = engine_option_defaults(engine)
     diffusion_defaults = {f.name: f.default for f in dataclasses.fields(DiffusionConfig)}
     check_option_names(options, {**diffusion_defaults, **engine_defaults})
@@ -609,12 +612,36 @@ def make_diffusion_modifier(engine: str, dataset: str, class_names: list[str], i
     if model in MODELS and "resolution" not in diffusion_options:
         diffusion_options["resolution"] = MODELS[model].resolution
     config = DiffusionConfig.from_options(diffusion_options)
-    from engines.options import resolve_dtype, torch_dtype
-
-    # Everything a user can get wrong is checked before the model is loaded, which can take minutes.
     dtype = resolve_dtype(config.dtype, device)
     settings = engine_settings(engine, device, config.dtype, engine_options)
     require_runtime(engine, device)
+    return config, settings, dtype
+
+
+def diffusion_modifier_config(engine: str, dataset: str, class_names: list[str], image_size: int,
+                              options: dict[str, Any], device: str) -> dict[str, Any]:
+    """What `make_diffusion_modifier(...).config()` returns (EchoMod's cache key), without loading the
+    model: a run whose pairs are all cached never loads SD 1.5 (`echoalign.modify_pairs`). The
+    engine is constructed but not loaded (`load` is what builds or compiles anything)."""
+    del dataset
+    config, settings, dtype = resolve_options(engine, options, device)
+    _, engine_cls = _engine_classes(engine)
+    denoiser = engine_cls(settings) if engine == "eager" else engine_cls(settings, None, device)
+    return cache_config(config, list(class_names), int(image_size), dtype, denoiser.config())
+
+
+def make_diffusion_modifier(engine: str, dataset: str, class_names: list[str], image_size: int,
+                            options: dict[str, Any], device: str, *, components=None,
+                            progress: Callable[[int, int], None] | None = None) -> DiffusionEchoMod:
+    """EchoMod with the diffusion engine `engine`: `options` override `DiffusionConfig` fields and the
+    engine's own options (`engine_option_defaults(engine)`); values may be strings, as a command line
+    passes them. The components are `load_model(config)` unless given (already on `device`, in the
+    configured dtype). `dataset` is part of the registry's factory signature; the images do not
+    depend on it."""
+    del dataset
+    from engines.options import torch_dtype
+
+    config, settings, dtype = resolve_options(engine, options, device)
     if components is None:
         components = load_model(config, device, torch_dtype(dtype))
     from engines.shapes import StepShapes

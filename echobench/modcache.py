@@ -214,9 +214,9 @@ class ModCache:
         return out, stats
 
 
-def cache_for(modifier: Modifier, dataset: str, dataset_options: dict[str, Any] | None, *, base_seed: int,
+def cache_for(config: dict[str, Any], dataset: str, dataset_options: dict[str, Any] | None, *, base_seed: int,
               root: str | os.PathLike | None = None) -> ModCache:
-    """The cache of `modifier`'s outputs on a dataset; the base seed is part of the key."""
-    config = {**modifier.config(), "base_seed": int(base_seed)}
-    return ModCache(cache_root(root), dataset_key(dataset, dataset_options), config)
+    """The cache of the outputs of a generator whose `config()` is `config`, on a dataset; the base
+    seed is part of the key."""
+    return ModCache(cache_root(root), dataset_key(dataset, dataset_options), {**config, "base_seed": int(base_seed)})
 

@@ -417,3 +417,48 @@ def test_importing_the_engines_stays_light(subprocess_env):
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'onnxruntime', 'onnx', 'tensorrt') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env)
+
+
+# ------------------------------------------------------------------------- the cache key without a model
+
+
+@pytest.mark.parametrize("engine, fixture, options", [
+    ("eager", None, {}),
+    ("compile", "compile_modifier", {"backend": "aot_eager"}),
+    ("onnxruntime", "onnx_modifier", {"cache_dir": None}),
+])
+def test_the_cache_key_is_known_without_loading_the_model(engine, fixture, options, components, engine_cache,
+                                                          request):
+    """`modifier_config` (no model loaded, no engine built) equals the loaded generator's `config()`
+    (for onnxruntime: after its session chose the provider)."""
+    from echobench.echomod import modifier_config
+
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        options = {"cache_dir": engine_cache}
+    built = request.getfixturevalue(fixture) if fixture else modifier(engine, components, **options)
+    key = modifier_config(engine, "cifar10", CLASS_NAMES, DATASET_SIZE, {**OPTIONS, **options}, "cpu")
+    assert key == built.config()
+    approximate = modifier_config("eager", "cifar10", CLASS_NAMES, DATASET_SIZE,
+                                  {**OPTIONS, "vae": "some/taesd", "steps": "4"}, "cpu")
+    assert approximate["vae"] == "some/taesd" and approximate["steps"] == 4 and "vae" not in key
+
+
+def test_cached_pairs_are_served_without_building_the_generator(tmp_path, monkeypatch):
+    from echobench import echoalign
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, DATASET_SIZE, DATASET_SIZE, 3), dtype=np.uint8)
+    indices, labels = np.array([4, 9, 11]), np.array([0, 1, 0])
+    kwargs = dict(engine="eager", engine_options={"model": "tiny", "steps": "2"}, cache_dir=str(tmp_path))
+    first, stats = echoalign.modify_pairs("cifar10", None, CLASS_NAMES, images, indices, labels, **kwargs)
+    assert stats.generated == 3
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the generator was built although every pair is cached")
+
+    monkeypatch.setattr(echoalign, "make_modifier", no_model)
+    again, stats = echoalign.modify_pairs("cifar10", None, CLASS_NAMES, images, indices, labels, **kwargs)
+    assert (stats.cached, stats.generated) == (3, 0) and np.array_equal(again, first)
+    with pytest.raises(AssertionError, match="although every pair is cached"):  # one new pair: it must be built
+        echoalign.modify_pairs("cifar10", None, CLASS_NAMES, images, np.array([4, 9, 12]), labels, **kwargs)

@@ -187,8 +187,11 @@ class OnnxRuntimeEngine(DenoiserEngine):
         return super().decode(latents)
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "provider": self.provider or self.settings.provider,
-                "exporter": self.settings.exporter, "opset": self.settings.opset}
+        # Before `load`, the provider the session will be asked for first (the cache key must be known
+        # without loading the model; onnxruntime falls back only when a provider fails to start).
+        provider = self.provider or self._providers(import_onnxruntime())[0]
+        return {"name": self.name, "provider": provider, "exporter": self.settings.exporter,
+                "opset": self.settings.opset}
 
     def close(self) -> None:
         self.session = None
