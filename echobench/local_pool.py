@@ -237,7 +237,7 @@ def worker_main() -> int:
         torch.set_num_threads(int(job["threads"]))
     store = Store(job["out"])
     env = environment(job["device"])
-    executor = {"name": "local", "worker": job["worker"], "workers": job["workers"],
+    executor = {"name": "local", "worker": job["worker"], "workers": job["workers"], "pid": os.getpid(),
                 "cuda_visible_devices": job["cuda_visible_devices"], "threads": job["threads"]}
     for line in sys.stdin:
         if not line.strip():

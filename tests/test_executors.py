@@ -212,6 +212,23 @@ def start_run(tmp_path: Path, env: dict, *extra: str) -> tuple[subprocess.Popen,
     return proc, cmd, out
 
 
+def busy_worker(out: Path, workers: list[int], timeout: float = 120) -> int:
+    """The pid of a worker that is computing a cell: its config.json names the worker, it has no result."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for config in out.glob("cells/*/config.json"):
+            if (config.parent / "result.json").exists():
+                continue
+            try:
+                pid = json.loads(config.read_text())["executor"]["pid"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if pid in workers:
+                return pid
+        time.sleep(0.01)
+    raise AssertionError("no worker was computing a cell")
+
+
 def wait_for_results(out: Path, proc: subprocess.Popen, n: int = 1, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while len(list(out.glob("cells/*/result.json"))) < n:
@@ -243,7 +260,8 @@ def test_sigkill_of_a_worker_mid_suite_then_rerun_completes(tmp_path, subprocess
         wait_for_results(out, proc)
         workers = children(proc.pid)
         assert len(workers) == 2
-        os.kill(workers[0], signal.SIGKILL)
+        victim = busy_worker(out, workers)  # one that is computing a cell, not between two
+        os.kill(victim, signal.SIGKILL)
         _, err = proc.communicate(timeout=300)  # the driver goes on with the other worker
     finally:
         if proc.poll() is None:
@@ -253,7 +271,7 @@ def test_sigkill_of_a_worker_mid_suite_then_rerun_completes(tmp_path, subprocess
     errors = {p.parent.name: json.loads(p.read_text())["error"] for p in out.glob("cells/*/error.json")}
     assert len(errors) == 1, errors  # only the cell the killed worker was on
     (lost, message), = errors.items()
-    assert f"pid {workers[0]}" in message and "SIGKILL" in message and "re-run" in message
+    assert f"pid {victim}" in message and "SIGKILL" in message and "re-run" in message
     assert (out / "cells" / lost / ".lock").exists()  # its lock file stays; the kernel dropped the lock itself
     done_before = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/result.json")}
     assert len(done_before) == len(KILL_SUITE["seeds"]) - 1
