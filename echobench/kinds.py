@@ -24,8 +24,8 @@ killed at any point resumes where it stopped. What a cell computes:
   the checkpoints, no download) at the paper's resolutions and batch sizes; on CPU it measures the
   `tiny` configuration, which checks the machinery in seconds but says nothing about SD 1.5's cost.
 
-A runtime cell's id does not include the GPU's name: a results directory measured on one GPU is
-complete on another; `--force` measures again.
+A runtime cell's id includes the device's name (`RuntimeSpec.device_name`): a results directory
+measured on one GPU has no finished runtime cells for another, whose cells are measured anew.
 """
 
 from __future__ import annotations
@@ -56,8 +56,19 @@ def device_type(device: str) -> str:
 def kind_cells(suite: Suite, seeds: list[int] | None, device: str) -> tuple[list[SelectionSpec], list[RuntimeSpec]]:
     """The suite's selection cells and the runtime cells of `device`'s variant (both empty for a training suite)."""
     selection = suite.expand_selection(seeds)
-    runtime = suite.expand_runtime(device_type(device)) if "runtime" in suite.kinds else []
+    runtime = suite.expand_runtime(device_type(device), device_name(device)) if "runtime" in suite.kinds else []
     return selection, runtime
+
+
+def device_name(device: str) -> str:
+    """The name of `device` (GPU model or CPU), or "" when this machine has no such device."""
+    import torch
+
+    from .environment import device_description
+
+    if device_type(device) == "cuda" and not torch.cuda.is_available():
+        return ""
+    return device_description(device)["name"]
 
 
 def kind_rows(selection: list[SelectionSpec], runtime: list[RuntimeSpec]) -> list[dict[str, Any]]:
@@ -67,7 +78,8 @@ def kind_rows(selection: list[SelectionSpec], runtime: list[RuntimeSpec]) -> lis
              "precisions": c.precisions, "extractor": c.params["extractor"], "engine": c.params["engine"]}
             for c in selection]
     rows += [{"run_id": c.run_id, "kind": "runtime", "device_type": c.device_type, "config": c.config,
-              "resolution": c.resolution, "batch_size": c.batch_size, "steps": c.steps,
+              "device_name": c.device_name or "(not at hand)", "resolution": c.resolution, "batch_size": c.batch_size,
+              "steps": c.steps,
               "rows": ["diffusers-pipeline", *c.engines]} for c in runtime]
     return rows
 

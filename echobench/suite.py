@@ -155,6 +155,10 @@ class RuntimeSpec(CellSpec):
     steps: int
     repeats: int
     seed: int
+    # The device's name (a GPU model, or the CPU's): part of the run id, so that a results directory
+    # measured on one GPU is not taken for finished on another. "" when the device is not at hand
+    # (a dry run for --device cuda on a machine without one).
+    device_name: str = ""
     kind: str = "runtime"
 
     def label(self) -> str:
@@ -211,8 +215,9 @@ class Suite:
         """The device types (`cuda`, `cpu`) for which the suite's runtime blocks have a variant."""
         return {d for b in self.blocks if b["kind"] == "runtime" for d in b["runtime"]}
 
-    def expand_runtime(self, device_type: str) -> list[RuntimeSpec]:
-        """The `runtime` cells (Tables 6/7) of the variant for `device_type` ("cuda" or "cpu")."""
+    def expand_runtime(self, device_type: str, device_name: str = "") -> list[RuntimeSpec]:
+        """The `runtime` cells (Tables 6/7) of the variant for `device_type` ("cuda" or "cpu") on the
+        device called `device_name`."""
         cells: dict[str, RuntimeSpec] = {}
         for block in self.blocks:
             if block["kind"] != "runtime":
@@ -225,7 +230,8 @@ class Suite:
                     f"{'cuda' if device_type == 'cpu' else 'cpu'} or add a `{device_type}:` variant to the block")
             for resolution, batch in itertools.product(variant["resolutions"], variant["batch_sizes"]):
                 spec = RuntimeSpec(device_type, variant["config"], variant["random_init"], list(variant["engines"]),
-                                   int(resolution), int(batch), variant["steps"], variant["repeats"], variant["seed"])
+                                   int(resolution), int(batch), variant["steps"], variant["repeats"], variant["seed"],
+                                   device_name)
                 cells.setdefault(spec.run_id, spec)
         return list(cells.values())
 

@@ -75,6 +75,10 @@ def test_kind_suites_expand_and_paper_includes_them():
     assert {(c.config, c.resolution, c.batch_size) for c in gpu} == {
         ("sd15", r, b) for r in (256, 512, 768) for b in (1, 8, 16)}  # the paper's Table 6 grid
     assert {(c.config, c.resolution) for c in runtime.expand_runtime("cpu")} == {("tiny", 32)}
+    # the device's name is part of a runtime cell's id: an H200's results are not an H100's
+    h200, h100 = runtime.expand_runtime("cuda", "NVIDIA H200"), runtime.expand_runtime("cuda", "NVIDIA H100 80GB HBM3")
+    assert {c.device_name for c in h200} == {"NVIDIA H200"}
+    assert not {c.run_id for c in h200} & {c.run_id for c in h100}
     # a selection cell's setting is the echoalign training cell of the paper suite (same pairs, same split)
     settings = {(c.dataset, c.noise, c.seed, c.protocol["val_fraction"]) for c in paper.expand() if c.method == "echoalign"}
     assert {(c.dataset, c.noise, c.seed, c.protocol["val_fraction"]) for c in cells} <= settings
