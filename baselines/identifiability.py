@@ -76,7 +76,7 @@ import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
 from echobench.knn import knn
-from echobench.methods import Method, register_method
+from echobench.methods import Method, Passes, register_method
 
 from .stages import ce_warmup_keep_best, scaled_epochs, scaled_milestones
 
@@ -236,6 +236,14 @@ class Identifiability(Method):
         if self.params.lr_source == "official":
             return torch.optim.SGD(params, lr=official_lr * task.protocol.lr / PAPER_LR, momentum=0.0, weight_decay=0.0)
         return task.new_optimizer(params)
+
+    @classmethod
+    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
+        """Warm-up and forward-correction epochs (a head-only forward stage is counted as full training:
+        an upper bound), and one forward pass over the training split for HOC's features."""
+        e = stage_epochs(params, protocol.epochs)
+        trained = e["warmup"] + e["forward"]
+        return Passes(train=trained, train_forward=0 if params.feature_space == "pixels" else 1, evaluations=trained)
 
     def diagnostics(self) -> dict:
         T = getattr(self, "transition", None)

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import Method, register_method
+from echobench.methods import Method, Passes, register_method
 
 from .stages import scaled_epochs, scaled_milestones
 
@@ -162,6 +162,13 @@ class JointOptimization(Method):
     @classmethod
     def default_params(cls, dataset: str) -> Params:
         return Params()  # CIFAR-100 has no official configuration: the CIFAR-10 values (docstring)
+
+    @classmethod
+    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
+        """The relabelling network's epochs, then the retrained network's (each evaluated)."""
+        e = stage_epochs(params, protocol.epochs)
+        trained = e["relabel"] + e["retrain"]
+        return Passes(train=trained, evaluations=trained)
 
     def diagnostics(self) -> dict:
         fraction = getattr(self, "relabelled_fraction", None)

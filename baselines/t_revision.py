@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import Method, register_method, uses_cifar100_defaults
+from echobench.methods import Method, Passes, register_method, uses_cifar100_defaults
 
 from .stages import ce_warmup_keep_best, model_state, scaled_epochs, scaled_milestones
 
@@ -170,6 +170,14 @@ class TRevision(Method):
         if uses_cifar100_defaults(dataset):
             return Params(warmup_epochs=15, anchor_percentile=None)
         return Params()
+
+    @classmethod
+    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
+        """Warm-up, reweight and revision epochs (each evaluated; the last two also score the forward-
+        corrected validation accuracy), and one forward pass over the training split for T̂."""
+        e = stage_epochs(params, protocol.epochs)
+        trained = e["warmup"] + e["reweight"] + e["revision"]
+        return Passes(train=trained, train_forward=1, evaluations=trained, val_forward=e["reweight"] + e["revision"])
 
     def fit(self, task) -> None:
         p = self.params

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from echobench.methods import Method
+from echobench.methods import Method, Passes
 
 CO_TEACHING_PROTOCOL_NAME = "co-teaching"
 
@@ -139,6 +139,12 @@ class SampleSelectionMethod(Method):
     def batch_losses(self, logits: Sequence[torch.Tensor], targets: torch.Tensor, indices: torch.Tensor,
                      forget_rate: float, epoch: int, task) -> tuple[torch.Tensor, ...]:
         """One loss per network for this batch (float32 `logits` of each network, same order)."""
+
+    @classmethod
+    def passes(cls, params, protocol, kept_fraction: float = 1.0) -> Passes:
+        """Every network trains and is evaluated every epoch."""
+        k = len(cls.model_streams)
+        return Passes(train=k * protocol.epochs, evaluations=k * protocol.epochs)
 
     def tau(self, task) -> float:
         """The final forget rate τ: the method's `forget_rate`, or the task's nominal noise rate."""

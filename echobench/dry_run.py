@@ -12,7 +12,9 @@ their pairs are counted with the training cells' (they are the `echoalign` cells
 settings coincide, as in the `paper` suite). Runtime cells generate from random inputs, not pairs.
 
 GPU-hours of EchoMod are projected at the paper's own rates (appendix D: V100-SXM2, 512², batch 16,
-1.24 s per image; RTX 4090, 512², batch 8, 0.61 s per image) — projections, not measurements.
+1.24 s per image; RTX 4090, 512², batch 8, 0.61 s per image) — projections, not measurements. The
+EchoSelect and training stages are projected by `echobench.training_cost` (from each method's data
+passes, FLOP per image and a measured efficiency); they need no data on disk.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ ALIGNING_METHODS = ("echoalign", "echoalign-released", "im-only", "echoselect-on
 
 def echomod_pairs(cells, data_root: str | None = None) -> dict[str, Any]:
     """Distinct (index, label) pairs per dataset key over the aligning cells, and cells needing them."""
+    from .echomod import default_engine
+    from .echomod_diffusion import DIFFUSION_ENGINES
     from .modcache import dataset_key
     from .noise import split_train_val
     from .protocols import Protocol
@@ -39,10 +43,13 @@ def echomod_pairs(cells, data_root: str | None = None) -> dict[str, Any]:
     requested: dict[str, int] = defaultdict(int)
     unavailable: dict[str, str] = {}
     train_sizes: dict[tuple, int] = {}  # setting → training-split size, counted once per setting
+    diffusion: set[str] = set()  # dataset keys that some cell modifies with a diffusion engine
     for spec in cells:
         if spec.method not in ALIGNING_METHODS:
             continue
         key = dataset_key(spec.dataset, spec.dataset_options)
+        if (spec.method_params.get("engine") or default_engine(spec.dataset)) in DIFFUSION_ENGINES:
+            diffusion.add(key)
         setting = (key, spec.noise, spec.seed, spec.protocol["val_fraction"])
         if key in unavailable:
             continue
@@ -64,7 +71,7 @@ def echomod_pairs(cells, data_root: str | None = None) -> dict[str, Any]:
         train_sizes[setting] = len(train_idx)
         requested[key] += len(train_idx)
     return {"pairs": {k: len(v) for k, v in per_dataset.items()}, "requested": dict(requested),
-            "unavailable": unavailable}
+            "unavailable": unavailable, "diffusion": sorted(diffusion & set(per_dataset))}
 
 
 def projected_hours(pairs: int) -> dict[str, float]:
@@ -89,9 +96,16 @@ def dry_run_summary(cells, data_root: str | None = None, count_pairs: bool = Tru
     if count_pairs and (settings or any(c.method in ALIGNING_METHODS for c in cells)):
         pairs = echomod_pairs([*cells, *settings], data_root)
         total = sum(pairs["pairs"].values())
-        out["echomod"] = {**pairs, "total_pairs": total,
-                          "projected_gpu_hours": {"basis": "paper appendix D rates at 512² (projection)",
-                                                  **projected_hours(total)}}
+        # only pairs made by the diffusion model cost GPU time (`shapes`' procedural engine runs on the CPU)
+        generated = sum(pairs["pairs"][k] for k in pairs["diffusion"])
+        out["echomod"] = {**pairs, "total_pairs": total, "diffusion_pairs": generated,
+                          "projected_gpu_hours": {"basis": "paper appendix D rates at 512² for the diffusion "
+                                                           "engines' pairs (projection)", **projected_hours(generated)}}
+    if count_pairs:
+        from .training_cost import echoselect_projection, training_projection
+
+        out["echoselect"] = echoselect_projection(cells, selection, data_root)
+        out["training"] = training_projection(cells, data_root)
     return out
 
 
@@ -109,8 +123,32 @@ def format_dry_run(summary: dict[str, Any]) -> str:
             lines.append(f"EchoMod pairs for {key}: {n:,} distinct (of {e['requested'][key]:,} requested by the cells)")
         for key, why in e["unavailable"].items():
             lines.append(f"EchoMod pairs for {key}: not counted, the dataset is not available here ({why})")
-        hours = e["projected_gpu_hours"]
-        if e["total_pairs"]:
-                lines.append(f"EchoMod projected GPU-hours for {e['total_pairs']:,} pairs at the paper's rates (projection): "
-                         f"V100 {hours['v100']}, RTX 4090 {hours['rtx4090']}")
+    lines += _stage_table(summary)
     return "\n".join(lines)
+
+
+def _stage_table(summary: dict[str, Any]) -> list[str]:
+    """The projected GPU-hours per stage (and per method for training) as a table."""
+    from tabulate import tabulate
+
+    rows = []
+    e = summary.get("echomod")
+    if e and e["diffusion_pairs"]:
+        h = e["projected_gpu_hours"]
+        rows.append(["EchoMod", f"{e['diffusion_pairs']:,} images", h["v100"], h["rtx4090"], "the paper's appendix D rates"])
+    s = summary.get("echoselect")
+    if s and s["images"]:
+        rows.append(["EchoSelect", f"{s['images']:,} images", s["v100"], s["rtx4090"], "CLIP FLOP, the paper's EchoMod efficiency"])
+    t = summary.get("training")
+    if t and t["per_method"]:
+        for m, h in t["per_method"].items():
+            rows.append([f"training: {m}", "", h["v100"], h["rtx4090"], ""])
+        rows.append(["training (all)", "", t["total"]["v100"], t["total"]["rtx4090"],
+                     f"FLOP at {t['efficiency']:.1%} of peak (measured on an H200)"])
+    if not rows:
+        return []
+    out = ["", "Projected GPU-hours per stage (projections, not measurements):",
+           tabulate(rows, headers=["stage", "work", "V100", "RTX 4090", "basis"])]
+    if t:
+        out += [f"Training of {d}: not projected ({why})" for d, why in t["unavailable"].items()]
+    return out

@@ -37,7 +37,7 @@ from .echomod import default_engine, make_modifier, modifier_config
 from .echoselect import check_tau, default_tau, keep_original, paired_cosine
 from .errors import EchobenchError
 from .features import default_extractor, make_extractor
-from .methods import Method, register_method
+from .methods import Method, Passes, register_method
 from .modcache import CacheStats, cache_for
 
 
@@ -196,6 +196,10 @@ class ModificationOnly(_Aligning):
 class SelectionOnly(_Aligning):
     """Table 3 ablation: the selected originals alone (the rest dropped)."""
 
+    @classmethod
+    def passes(cls, params, protocol, kept_fraction: float = 1.0) -> Passes:
+        return Passes(train=protocol.epochs * kept_fraction, evaluations=protocol.epochs)
+
     def fit(self, task) -> None:
         a = self.align(task)
         if not a.keep.any():
@@ -217,6 +221,16 @@ class EchoAlignReleased(_Aligning):
     """The released code's recipe (module docstring): weighted union, then fine-tune on the originals."""
 
     Params = ReleasedParams
+
+    @classmethod
+    def passes(cls, params: ReleasedParams, protocol, kept_fraction: float = 1.0) -> Passes:
+        """The union (kept originals + every modified image) for the protocol's epochs, then the
+        fine-tune epochs on the kept originals."""
+        from baselines.stages import scaled_epochs
+
+        tune = scaled_epochs(params.finetune_epochs, params, protocol.epochs)
+        return Passes(train=protocol.epochs * (1 + kept_fraction) + tune * kept_fraction,
+                      evaluations=protocol.epochs + tune)
 
     def fit(self, task) -> None:
         from baselines.stages import scaled_epochs

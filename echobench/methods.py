@@ -61,6 +61,22 @@ class NoParams:
     pass
 
 
+@dataclass(frozen=True)
+class Passes:
+    """How much data one `fit` pushes through networks, in whole passes over each split: what the dry
+    run's training projection (`echobench.training_cost`) multiplies by the split sizes and the
+    network's FLOP per image. `train`: forward + backward passes over the training split (network-
+    epochs); `train_forward`: forward-only passes over it; `evaluations`: forward passes over
+    validation *and* test (one per network per recorded epoch); `val_forward`: extra forward passes
+    over validation alone. Counted, per method, from its `fit` (tests/test_training_cost.py checks the
+    counts against hooked runs)."""
+
+    train: float
+    train_forward: float = 0.0
+    evaluations: float = 0.0
+    val_forward: float = 0.0
+
+
 class Method(abc.ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
@@ -87,6 +103,14 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def fit(self, task) -> None:
         """Train on `task`, recording one `EpochRecord` per epoch in `task.history`."""
+
+    @classmethod
+    def passes(cls, params: Any, protocol, kept_fraction: float = 1.0) -> Passes:
+        """The data passes of one `fit` under `protocol` (`Passes`); override with the method's stages.
+        `kept_fraction` is EchoSelect's share of kept originals, for the methods whose training set
+        depends on it (1.0, an upper bound, when not known). Default: one network, one evaluated
+        epoch per protocol epoch."""
+        return Passes(train=protocol.epochs, evaluations=protocol.epochs)
 
     def diagnostics(self) -> dict[str, Any]:
         """JSON-able facts a method estimated (a transition matrix, relabelled counts...), saved in the result."""
