@@ -270,18 +270,19 @@ def cmd_run(args) -> int:
 
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    # Selection (Table 4) and runtime (Tables 6/7) cells run first, by echobench.kinds (which also claims
-    # OUT and records this command); the training runner gets the training cells only (Suite.expand).
-    from .kinds import run_kind_cells
+    # The run claims OUT and records this command first. Selection cells (Table 4) go to the executor with
+    # the training cells; runtime cells (Tables 6/7) run last, here, with the device to themselves.
+    from .kinds import prepare_run, run_kind_cells
 
-    kinds = run_kind_cells(suite, out, device=device, seeds=args.seeds, force=args.force, data_root=args.data_root,
-                           cache_dir=args.cache_dir, progress=not args.no_progress, argv=args.argv,
-                           train_cells=len(cells))
+    selection, runtime, _ = prepare_run(suite, out, device=device, seeds=args.seeds, argv=args.argv,
+                                        train_cells=len(cells))
     outcome = run_suite_with(args.executor, suite, out, device=args.device, workers=args.workers, address=args.address,
                              threads=args.threads, seeds=args.seeds, force=args.force, data_root=args.data_root,
-                             progress=not args.no_progress, cache_dir=args.cache_dir)
+                             progress=not args.no_progress, cache_dir=args.cache_dir, selection=selection)
+    timed = run_kind_cells(runtime, suite.name, out, device=device, force=args.force, data_root=args.data_root,
+                           cache_dir=args.cache_dir, progress=not args.no_progress)
+    outcome, cells = timed.merged_into(outcome), [*cells, *selection, *runtime]
     device = outcome.device or device  # e.g. "2 workers on cpu, 1 thread(s) each"
-    outcome, cells = kinds.merged_into(outcome), [*cells, *kinds.cells]
     wall = time.perf_counter() - started
     failed = len(outcome.failed)
     doc = write_reports(out, args.metric) if len(outcome.failed) < len(cells) else None

@@ -8,6 +8,9 @@
 - ``ray``: every cell is a Ray task (`echobench/ray_executor.py`) on a cluster the user started
   (`--address auto` or HOST:PORT) or on a Ray instance started for the run (`--address local`).
 
+Selection cells (the paper's Table 4, `echobench.kinds`) are handed to the executor with the training
+cells: in the calling process with one worker, to the workers or as Ray tasks otherwise.
+
 Whatever the executor, every cell is computed under its lock in the same results store
 (`echobench/store.py`): finished cells are skipped, a cell is never computed by two processes at
 once, and a re-run after a crash or a SIGKILL computes exactly the cells that have no result.
@@ -113,8 +116,9 @@ def local_plan(device: str = "auto", workers: int | None = None, threads: int | 
 def run_suite_with(executor: str, suite, out: str | Path, *, device: str = "auto", workers: int | None = None,
                    address: str | None = None, threads: int | None = None, seeds: list[int] | None = None,
                    force: bool = False, data_root: str | None = None, cache_dir: str | None = None,
-                   progress: bool = True):
-    """Run `suite` into `out` with the named executor; returns a `runner.SuiteOutcome`."""
+                   progress: bool = True, selection=()):
+    """Run `suite`'s training cells and the `selection` cells (`suite.SelectionSpec`) into `out` with the
+    named executor; returns a `runner.SuiteOutcome` of all of them."""
     check_executor_args(executor, workers, address)
     if threads is not None and threads < 1:
         raise EchobenchError(f"--threads must be at least 1, got {threads}")
@@ -123,7 +127,8 @@ def run_suite_with(executor: str, suite, out: str | Path, *, device: str = "auto
         from .ray_executor import run_suite_ray
 
         return run_suite_ray(ray, suite, out, address=address or "auto", device=device, threads=threads,
-                             seeds=seeds, force=force, data_root=data_root, cache_dir=cache_dir, progress=progress)
+                             seeds=seeds, force=force, data_root=data_root, cache_dir=cache_dir, progress=progress,
+                             selection=selection)
     plan = local_plan(device, workers, threads)
     if plan.workers == 1:
         from .runner import run_suite
@@ -132,9 +137,17 @@ def run_suite_with(executor: str, suite, out: str | Path, *, device: str = "auto
             import torch
 
             torch.set_num_threads(threads)
-        return run_suite(suite, out, device=plan.device, seeds=seeds, force=force, data_root=data_root,
-                         progress=progress, cache_dir=cache_dir)
+        from .kinds import run_kind_cells
+        from .store import Store
+
+        Store(out).claim(suite.name)  # before any cell is written (claiming is idempotent)
+        selected = run_kind_cells(list(selection), suite.name, out, device=plan.device, force=force,
+                                  data_root=data_root, cache_dir=cache_dir, progress=progress)
+        outcome = run_suite(suite, out, device=plan.device, seeds=seeds, force=force, data_root=data_root,
+                            progress=progress, cache_dir=cache_dir)
+        outcome.cells = [*outcome.cells, *selected.cells]
+        return selected.merged_into(outcome)
     from .local_pool import run_suite_pool
 
     return run_suite_pool(suite, out, plan, seeds=seeds, force=force, data_root=data_root, cache_dir=cache_dir,
-                          progress=progress)
+                          progress=progress, selection=selection)

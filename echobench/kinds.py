@@ -1,9 +1,12 @@
 """Cells that are not training runs: `selection` (the paper's Table 4) and `runtime` (Tables 6, 7).
 
-`echobench run` calls `run_kind_cells` before the training runner: it claims the results directory
-for the suite, records the command line (`OUT/commands/`), then computes the suite's selection and
-runtime cells (a suite of kind `train` has none) with the training runner's rules and layout, through
-`echobench.store.Store`:
+`echobench run` first claims the results directory for the suite and records the command line
+(`prepare_run`, `OUT/commands/`). Selection cells then go to the executor with the training cells: in
+this process when it is one (`run_kind_cells`), else to the local workers or as Ray tasks
+(`compute_kind_cell` is what every executor calls). Runtime cells run last, in this process, after
+every other cell finished, so that nothing else shares the device while they time it. Both follow the
+training runner's rules and layout, through `echobench.store.Store` (a suite of kind `train` has
+neither):
 
     OUT/cells/<id>/config.json   {"run_id", "suite", "kind", "spec", "environment"}
     OUT/cells/<id>/result.json   present = finished (written last, atomically)
@@ -94,7 +97,6 @@ class KindOutcome:
     busy: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-    command_file: Path | None = None
 
     def merged_into(self, outcome):
         """Add these cells to the training runner's outcome (any object with the same lists) and return it."""
@@ -118,20 +120,59 @@ def record_command(out: str | Path, suite: Suite, argv: list[str] | None, device
     return path
 
 
-def run_kind_cells(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list[int] | None = None,
-                   force: bool = False, data_root: str | None = None, cache_dir: str | None = None,
-                   progress: bool = True, argv: list[str] | None = None, train_cells: int = 0) -> KindOutcome:
-    """Claim `out` for the suite, record the command, and compute its selection and runtime cells."""
+def prepare_run(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list[int] | None = None,
+                argv: list[str] | None = None, train_cells: int = 0) -> tuple[list[SelectionSpec], list[RuntimeSpec], Path]:
+    """Claim `out` for the suite and record the command: (selection cells, runtime cells, command file)."""
+    selection, runtime = kind_cells(suite, seeds, device)
+    Store(out).claim(suite.name)
+    command_file = record_command(out, suite, argv, device, {"train": train_cells, "selection": len(selection),
+                                                             "runtime": len(runtime)})
+    return selection, runtime, command_file
+
+
+def compute_kind_cell(store: Store, suite_name: str, spec: SelectionSpec | RuntimeSpec, env: dict, *,
+                      device: str = "cpu", data_root: str | None = None, cache_dir: str | None = None,
+                      force: bool = False, progress: bool = False, executor: dict | None = None) -> tuple[str, str | None]:
+    """One selection or runtime cell through the store under its lock, as `runner.compute_cell` does for
+    a training cell: (status, error line or None), status one of computed, skipped, busy, failed."""
+    rid = spec.run_id
+    with store.lock(rid) as held:
+        if not held:
+            return "busy", None
+        if not force and store.has_result(rid):  # another runner finished it meanwhile
+            return "skipped", None
+        store.remove_stale_temporaries(rid)
+        config = {"run_id": rid, "suite": suite_name, "kind": spec.kind, "spec": spec.to_dict(), "environment": env}
+        if executor:
+            config["executor"] = executor
+        store.write(rid, "config.json", config)
+        store.remove(rid, "error.json")
+        try:
+            if isinstance(spec, SelectionSpec):
+                result = run_selection_cell(spec, store.cell_dir(rid), device=device, data_root=data_root,
+                                            cache_dir=cache_dir, progress=progress)
+            else:
+                result = run_runtime_cell(spec, device=device, env=env)
+            store.write(rid, "result.json", {"run_id": rid, "kind": spec.kind, **result})
+            return "computed", None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a failing cell is recorded and the suite goes on
+            store.remove(rid, "result.json")
+            message = str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
+            store.write(rid, "error.json", {"run_id": rid, "error": message, "traceback": traceback.format_exc()})
+            return "failed", message
+
+
+def run_kind_cells(cells: list, suite_name: str, out: str | Path, *, device: str = "cpu", force: bool = False,
+                   data_root: str | None = None, cache_dir: str | None = None, progress: bool = True) -> KindOutcome:
+    """Compute selection and runtime `cells` one after another in this process (`compute_kind_cell`)."""
     from tqdm.auto import tqdm
 
     from .environment import environment
 
-    selection, runtime = kind_cells(suite, seeds, device)
     store = Store(out)
-    store.claim(suite.name)
-    outcome = KindOutcome(cells=[*selection, *runtime])
-    outcome.command_file = record_command(out, suite, argv, device, {"train": train_cells, "selection": len(selection),
-                                                                     "runtime": len(runtime)})
+    outcome = KindOutcome(cells=list(cells))
     if not outcome.cells:
         return outcome
     env = environment(device)
@@ -139,41 +180,28 @@ def run_kind_cells(suite: Suite, out: str | Path, *, device: str = "cpu", seeds:
     pending = [c for c in outcome.cells if force or not store.has_result(c.run_id)]
     pending_ids = {c.run_id for c in pending}
     outcome.skipped = [c.run_id for c in outcome.cells if c.run_id not in pending_ids]
-    bar = tqdm(total=len(outcome.cells), initial=len(outcome.skipped), desc=f"suite {suite.name} ({'/'.join(k for k in suite.kinds if k != 'train')})",
+    kinds = "/".join(dict.fromkeys(c.kind for c in outcome.cells))
+    bar = tqdm(total=len(outcome.cells), initial=len(outcome.skipped), desc=f"suite {suite_name} ({kinds})",
                unit="cell", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for spec in pending:
-        rid = spec.run_id
         bar.set_postfix_str(spec.label())
-        with store.lock(rid) as held:
-            if not held:
-                outcome.busy.append(rid)
-            elif not force and store.has_result(rid):  # another runner finished it meanwhile
-                outcome.skipped.append(rid)
-            else:
-                store.remove_stale_temporaries(rid)
-                store.write(rid, "config.json", {"run_id": rid, "suite": suite.name, "kind": spec.kind,
-                                                 "spec": spec.to_dict(), "environment": env})
-                store.remove(rid, "error.json")
-                try:
-                    if isinstance(spec, SelectionSpec):
-                        result = run_selection_cell(spec, store.cell_dir(rid), device=device, data_root=data_root,
-                                                    cache_dir=cache_dir, progress=progress)
-                    else:
-                        result = run_runtime_cell(spec, device=device, env=env)
-                    store.write(rid, "result.json", {"run_id": rid, "kind": spec.kind, **result})
-                    outcome.computed.append(rid)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:  # a failing cell is recorded and the suite goes on
-                    store.remove(rid, "result.json")
-                    message = str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
-                    store.write(rid, "error.json", {"run_id": rid, "error": message, "traceback": traceback.format_exc()})
-                    outcome.failed[rid] = message
-                    bar.write(f"cell {rid} ({spec.label()}) failed: {message}", file=sys.stderr)
+        status, message = compute_kind_cell(store, suite_name, spec, env, device=device, data_root=data_root,
+                                            cache_dir=cache_dir, force=force, progress=progress)
+        {"computed": outcome.computed, "skipped": outcome.skipped, "busy": outcome.busy}.get(status, []).append(spec.run_id)
+        if status == "failed":
+            outcome.failed[spec.run_id] = message
+            bar.write(f"cell {spec.run_id} ({spec.label()}) failed: {message}", file=sys.stderr)
         bar.update(1)
     bar.close()
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def selection_files(cell_dir: Path) -> dict[str, bytes]:
+    """The figure and report files a selection cell wrote into `cell_dir` (for executors whose tasks
+    compute in a scratch directory and hand the files to the driver)."""
+    return {name: (Path(cell_dir) / name).read_bytes() for name in SELECTION_FILES.values()
+            if (Path(cell_dir) / name).exists()}
 
 
 def run_selection_cell(spec: SelectionSpec, cell_dir: Path, *, device: str = "cpu", data_root: str | None = None,

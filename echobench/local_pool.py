@@ -5,7 +5,8 @@ environment: CUDA_VISIBLE_DEVICES set to one GPU (so the worker's `cuda` is that
 read when torch initialises CUDA, and the worker is a fresh process, so it is set before) or, on CPU,
 OMP_NUM_THREADS and torch's thread count set to `--threads`. The driver hands each idle worker the
 next pending cell over its stdin (one JSON line) and reads one JSON line back per cell on the
-worker's stdout; the worker computes the cell with `runner.compute_cell`, i.e. under the cell's lock
+worker's stdout; the worker computes the cell with `runner.compute_cell` (a selection cell with
+`kinds.compute_kind_cell`), i.e. under the cell's lock
 in the same results store as every other executor, so a second runner on the same directory skips
 the cells these workers hold.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from .executors import LocalPlan
 from .runner import SuiteOutcome, cell_label, split_pending
 from .store import Store
-from .suite import RunSpec, Suite
+from .suite import RunSpec, SelectionSpec, Suite
 
 
 @dataclass
@@ -43,7 +44,7 @@ class _Worker:
     index: int
     proc: subprocess.Popen
     gpu: str | None
-    current: RunSpec | None = None
+    current: RunSpec | SelectionSpec | None = None
     buffer: bytes = b""
     done: bool = False
 
@@ -88,11 +89,12 @@ def _describe_exit(code: int | None) -> str:
 
 def run_suite_pool(suite: Suite, out: str | Path, plan: LocalPlan, *, seeds: list[int] | None = None,
                    force: bool = False, data_root: str | None = None, cache_dir: str | None = None,
-                   progress: bool = True) -> SuiteOutcome:
-    """Compute the suite's pending cells on `plan.workers` worker processes; see the module docstring."""
+                   progress: bool = True, selection=()) -> SuiteOutcome:
+    """Compute the suite's pending training cells and the `selection` cells (first: each is as long as
+    several training cells) on `plan.workers` worker processes; see the module docstring."""
     from tqdm.auto import tqdm
 
-    cells = suite.expand(seeds)
+    cells = [*selection, *suite.expand(seeds)]
     store = Store(out)
     store.claim(suite.name)
     outcome = SuiteOutcome(cells, device=plan.describe())
@@ -122,7 +124,7 @@ def run_suite_pool(suite: Suite, out: str | Path, plan: LocalPlan, *, seeds: lis
                 worker.send(None)
             else:
                 bar.set_postfix_str(cell_label(worker.current))
-                worker.send({"spec": worker.current.to_dict()})
+                worker.send({"spec": worker.current.to_dict(), "kind": getattr(worker.current, "kind", "train")})
 
         for worker in workers:
             hand_out(worker)
@@ -231,6 +233,7 @@ def worker_main() -> int:
     import torch
 
     from .environment import environment
+    from .kinds import compute_kind_cell
     from .runner import compute_cell
 
     if job["threads"]:
@@ -242,9 +245,15 @@ def worker_main() -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        spec = RunSpec.from_dict(json.loads(line)["spec"])
-        status, error = compute_cell(store, job["suite"], spec, env, device=job["device"], data_root=job["data_root"],
-                                     cache_dir=job["cache_dir"], force=job["force"], executor=executor)
+        message = json.loads(line)
+        where = {"device": job["device"], "data_root": job["data_root"], "cache_dir": job["cache_dir"],
+                 "force": job["force"], "executor": executor}
+        if message.get("kind", "train") == "selection":
+            spec = SelectionSpec.from_dict(message["spec"])
+            status, error = compute_kind_cell(store, job["suite"], spec, env, **where)
+        else:
+            spec = RunSpec.from_dict(message["spec"])
+            status, error = compute_cell(store, job["suite"], spec, env, **where)
         protocol.write(json.dumps({"run_id": spec.run_id, "status": status, "error": error}) + "\n")
     return 0
 

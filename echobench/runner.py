@@ -214,7 +214,10 @@ class SuiteOutcome:
 CELL_STATUSES = ("computed", "skipped", "busy", "failed")
 
 
-def cell_label(spec: RunSpec) -> str:
+def cell_label(spec) -> str:
+    """A cell's short description for progress lines; selection and runtime specs have their own `label`."""
+    if hasattr(spec, "label"):
+        return spec.label()
     return f"{spec.dataset} {spec.noise} {spec.method} seed={spec.seed}"
 
 

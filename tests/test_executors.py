@@ -179,6 +179,69 @@ def test_ray_generates_echomod_pairs_in_shard_tasks_and_training_only_reads_them
     assert shards == ["shard-000000.npz", "shard-000001.npz"]  # one per generation shard task (0/2 and 1/2)
 
 
+MIXED_SUITE = {  # a selection cell (Table 4's kind) beside training cells, on the procedural engine
+    "name": "mixed",
+    "datasets": {"shapes": {"n_train": 800, "n_test": 200, "image_size": 16}},
+    "seeds": [1],
+    "protocol": {"name": "smoke", "epochs": 2},
+    "blocks": [
+        {"noise": ["instance:0.3"], "methods": ["ce", "echoalign"]},
+        {"kind": "selection", "noise": ["instance:0.3"],
+         "selection": {"peers": ["small-loss"], "precisions": [0.9, 0.96]}},
+    ],
+}
+SELECTION_FILES = ("similarity_hist.png", "tau_sweep.png", "select.md")
+
+
+def run_mixed(executor: str, out: Path, **options):
+    """The mixed suite's selection cells go to the executor with its training cells, as `echobench run` does."""
+    from echobench.kinds import kind_cells
+
+    suite = parse_suite(MIXED_SUITE, "test")
+    selection, runtime = kind_cells(suite, None, "cpu")
+    assert len(selection) == 1 and not runtime
+    outcome = run_suite_with(executor, suite, out, threads=1, progress=False, selection=selection,
+                             cache_dir=str(out) + "-cache", **options)
+    assert len(outcome.computed) == 3 and not outcome.failed, outcome.failed
+    done = results(out)
+    (sel,) = [rid for rid, r in done.items() if r.get("kind") == "selection"]
+    for name in SELECTION_FILES:
+        assert (out / "cells" / sel / name).stat().st_size > 0
+    config = json.loads((out / "cells" / sel / "config.json").read_text())
+    assert config["kind"] == "selection"
+    return done, sel, config
+
+
+def selection_facts(result: dict) -> dict:
+    """What must not depend on the executor: EchoSelect's and the peers' selections (not their seconds)."""
+    peers = {name: {k: v for k, v in facts.items() if k != "seconds"} for name, facts in result["peers"].items()}
+    return {"table4": result["table4"], "echoselect": result["echoselect"], "peers": peers,
+            "tau_sweep": result["tau_sweep"]}
+
+
+@pytest.fixture(scope="module")
+def mixed_in_process(tmp_path_factory):
+    return run_mixed("local", tmp_path_factory.mktemp("mixed") / "one", device="cpu", workers=1)
+
+
+def test_local_workers_compute_selection_cells_too(mixed_in_process, tmp_path):
+    one, sel, _ = mixed_in_process
+    two, sel2, config = run_mixed("local", tmp_path / "two", device="cpu", workers=2)
+    assert sel2 == sel and config["executor"]["name"] == "local" and config["executor"]["pid"] != os.getpid()
+    assert selection_facts(two[sel]) == selection_facts(one[sel])
+    assert_same_results({k: v for k, v in two.items() if k != sel}, {k: v for k, v in one.items() if k != sel})
+
+
+@pytest.mark.ray
+def test_ray_runs_selection_cells_as_tasks_after_their_echomod_shards(ray_local, mixed_in_process, tmp_path):
+    one, sel, _ = mixed_in_process
+    remote, sel2, config = run_mixed("ray", tmp_path / "ray")
+    assert sel2 == sel and config["executor"]["name"] == "ray" and config["executor"]["pid"] != os.getpid()
+    assert selection_facts(remote[sel]) == selection_facts(one[sel])
+    cache = remote[sel]["cache"]  # the shard tasks made the setting's pairs before the selection task ran
+    assert cache["generated"] == 0 and cache["cached"] == cache["requested"] > 0
+
+
 # --- kill and resume ----------------------------------------------------------------------------------
 
 def children(pid: int) -> list[int]:

@@ -336,3 +336,21 @@ def test_report_of_a_directory_with_only_failed_kind_cells_is_refused(cli, tmp_p
     store.write("a", "error.json", {"run_id": "a", "error": "boom"})
     code, _, err = cli("report", tmp_path)
     assert code == 2 and "no finished cells" in err and "1 failed" in err and "Traceback" not in err
+
+
+def test_runtime_cells_run_last_with_the_device_to_themselves(cli, tmp_path):
+    """Training cells first (through the executor), then the runtime cells in the run process."""
+    raw = {"name": "train-then-time", "seeds": [1], "protocol": {"name": "smoke", "epochs": 1},
+           "datasets": {"shapes": {"n_train": 300, "n_test": 100, "image_size": 16}},
+           "blocks": [{"noise": ["symmetric:0.3"], "methods": ["ce"]},
+                      {"kind": "runtime", "runtime": {"cpu": {"config": "tiny", "engines": ["eager"], "resolutions": [32],
+                                                              "batch_sizes": [1], "steps": 2}}}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    code, stdout, err = cli("run", "--suite", path, "--out", out, "--no-progress", "--json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(stdout)["computed"] == 2
+    finished = {json.loads((p.parent / "config.json").read_text()).get("kind", "train"): p.stat().st_mtime_ns
+                for p in out.glob("cells/*/result.json")}
+    assert set(finished) == {"train", "runtime"} and finished["runtime"] > finished["train"]
