@@ -233,8 +233,6 @@ def check_rows(engines: tuple[str, ...], device: str) -> None:
 
 
 def _measure(run, device, repeats: int, batch: int, steps: int, reference: np.ndarray | None) -> dict[str, Any]:
-    import torch
-
     try:
         seconds, pixels, cuda_peak = _time(run, device, repeats)
     except Exception as exc:  # noqa: BLE001 - recorded in the row; the other rows still run

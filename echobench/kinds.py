@@ -37,7 +37,6 @@ import os
 import shlex
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,33 +134,17 @@ def compute_kind_cell(store: Store, suite_name: str, spec: SelectionSpec | Runti
                       force: bool = False, progress: bool = False, executor: dict | None = None) -> tuple[str, str | None]:
     """One selection or runtime cell through the store under its lock, as `runner.compute_cell` does for
     a training cell: (status, error line or None), status one of computed, skipped, busy, failed."""
-    rid = spec.run_id
-    with store.lock(rid) as held:
-        if not held:
-            return "busy", None
-        if not force and store.has_result(rid):  # another runner finished it meanwhile
-            return "skipped", None
-        store.remove_stale_temporaries(rid)
-        config = {"run_id": rid, "suite": suite_name, "kind": spec.kind, "spec": spec.to_dict(), "environment": env}
-        if executor:
-            config["executor"] = executor
-        store.write(rid, "config.json", config)
-        store.remove(rid, "error.json")
-        try:
-            if isinstance(spec, SelectionSpec):
-                result = run_selection_cell(spec, store.cell_dir(rid), device=device, data_root=data_root,
-                                            cache_dir=cache_dir, progress=progress)
-            else:
-                result = run_runtime_cell(spec, device=device, env=env)
-            store.write(rid, "result.json", {"run_id": rid, "kind": spec.kind, **result})
-            return "computed", None
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # a failing cell is recorded and the suite goes on
-            store.remove(rid, "result.json")
-            message = str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
-            store.write(rid, "error.json", {"run_id": rid, "error": message, "traceback": traceback.format_exc()})
-            return "failed", message
+    from .runner import compute_in_store
+
+    def compute() -> dict[str, Any]:
+        if isinstance(spec, SelectionSpec):
+            result = run_selection_cell(spec, store.cell_dir(spec.run_id), device=device, data_root=data_root,
+                                        cache_dir=cache_dir, progress=progress)
+        else:
+            result = run_runtime_cell(spec, device=device, env=env)
+        return {"kind": spec.kind, **result}
+
+    return compute_in_store(store, suite_name, spec, env, compute, force=force, executor=executor, kind=spec.kind)
 
 
 def run_kind_cells(cells: list, suite_name: str, out: str | Path, *, device: str = "cpu", force: bool = False,

@@ -228,11 +228,20 @@ def error_message(exc: BaseException) -> str:
 def compute_cell(store: Store, suite_name: str, spec: RunSpec, env: dict, *, device: str = "cpu",
                  data_root: str | None = None, cache_dir: str | None = None, force: bool = False,
                  on_epoch: Callable | None = None, executor: dict | None = None) -> tuple[str, str | None]:
-    """Compute one cell through the store under its lock: (status, error line or None).
+    """Compute one training cell through the store under its lock (`compute_in_store`). Every executor
+    computes its cells through this function, in whichever process it runs."""
+    return compute_in_store(store, suite_name, spec, env,
+                            lambda: run_cell_retrying_oom(spec, device, data_root, cache_dir=cache_dir, on_epoch=on_epoch),
+                            force=force, executor=executor)
+
+
+def compute_in_store(store: Store, suite_name: str, spec, env: dict, compute: Callable[[], dict], *,
+                     force: bool = False, executor: dict | None = None, kind: str | None = None) -> tuple[str, str | None]:
+    """Run `compute()` for the cell `spec` under its lock and file what it returns: (status, error or None).
 
     status: "busy" (another process holds the lock), "skipped" (a result appeared meanwhile),
-    "computed" (result.json written) or "failed" (error.json written). Every executor computes its
-    cells through this function, in whichever process it runs.
+    "computed" (result.json written) or "failed" (error.json written). `kind` goes into config.json
+    for cells that are not training cells.
     """
     rid = spec.run_id
     with store.lock(rid) as held:
@@ -241,13 +250,14 @@ def compute_cell(store: Store, suite_name: str, spec: RunSpec, env: dict, *, dev
         if not force and store.has_result(rid):  # another runner finished it meanwhile
             return "skipped", None
         store.remove_stale_temporaries(rid)
-        config = {"run_id": rid, "suite": suite_name, "spec": spec.to_dict(), "environment": env}
+        config = {"run_id": rid, "suite": suite_name, **({"kind": kind} if kind else {}), "spec": spec.to_dict(),
+                  "environment": env}
         if executor:
             config["executor"] = executor
         store.write(rid, "config.json", config)
         store.remove(rid, "error.json")
         try:
-            result = run_cell_retrying_oom(spec, device, data_root, cache_dir=cache_dir, on_epoch=on_epoch)
+            result = compute()
             store.write(rid, "result.json", {"run_id": rid, **result})
             return "computed", None
         except (KeyboardInterrupt, SystemExit):
