@@ -1,5 +1,7 @@
 """The paper's suites: cell counts, and cells shared between tables computed once."""
 
+import pytest
+
 from echobench.suite import load_suite
 
 
@@ -74,3 +76,87 @@ def test_paper_dry_run_lists_the_selection_and_runtime_cells(cli):
     assert doc["cells_per_kind"] == {"train": 528, "selection": 6, "runtime": 9}
     assert {(r["config"], r["resolution"], r["batch_size"]) for r in doc["cells"] if r["kind"] == "runtime"} == {
         ("sd15", r, b) for r in (256, 512, 768) for b in (1, 8, 16)}
+
+
+def write_full_cifar(root, name, train_labels, monkeypatch, seed=0):
+    """A CIFAR-format folder of the official size (50,000 + 10,000 random images; `train_labels` in the
+    official file order), with the md5 checks pointed at these files."""
+    import dataclasses
+    import hashlib
+    import pickle
+
+    import numpy as np
+
+    from echobench.datasets import cifar
+
+    rng = np.random.default_rng(seed)
+    spec = cifar._spec(name)
+    folder = root / spec.folder
+    folder.mkdir(parents=True)
+    classes = 10 if name == "cifar10" else 100
+    per_file = 50_000 // len(spec.train_files)
+    parts = [(f, train_labels[k * per_file:(k + 1) * per_file]) for k, (f, _) in enumerate(spec.train_files)]
+    parts += [(f, rng.integers(0, classes, 10_000)) for f, _ in spec.test_files]
+    for filename, labels in parts:
+        entry = {b"batch_label": filename.encode(), spec.labels_key.encode(): [int(x) for x in labels],
+                 b"data": rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8),
+                 b"filenames": [b"img.png"] * len(labels)}
+        (folder / filename).write_bytes(pickle.dumps(entry, protocol=2))
+    names = [f"class_{i}".encode() for i in range(classes)]
+    (folder / spec.meta_file).write_bytes(pickle.dumps({spec.names_key.encode(): names}, protocol=2))
+
+    def md5(f):
+        return hashlib.md5((folder / f).read_bytes()).hexdigest()
+
+    patched = dataclasses.replace(spec, train_files=tuple((f, md5(f)) for f, _ in spec.train_files),
+                                  test_files=tuple((f, md5(f)) for f, _ in spec.test_files),
+                                  meta_md5=md5(spec.meta_file))
+    before = cifar._spec
+    monkeypatch.setattr(cifar, "_spec", lambda n, before=before: patched if n == name else before(n))
+
+
+def test_paper_dry_run_pair_counts_on_official_sized_data(cli, tmp_path, monkeypatch, cifar10n_file):
+    """The paper suite's distinct EchoMod pairs per dataset, on CIFAR-format data of the official sizes
+    (random images; CIFAR-10's labels are the real CIFAR-10N file's clean labels, so that its human
+    label sets load), counted here independently: for each dataset, the union over the aligning
+    settings (Table 1's five noise settings, Table 2's four label sets, × three seeds; Tables 3 and 4
+    add no setting) of (training index, noisy label)."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from echobench.datasets.cifar_n import read_human_labels
+    from echobench.noise import split_train_val
+    from echobench.runner import get_dataset, make_noisy_labels
+    from echobench.seeding import numpy_rng
+
+    clean10 = read_human_labels("cifar10n", labels_file=cifar10n_file)["clean"]
+    write_full_cifar(tmp_path, "cifar10", clean10, monkeypatch)
+    write_full_cifar(tmp_path, "cifar100", np.random.default_rng(1).integers(0, 100, 50_000), monkeypatch, seed=1)
+    (tmp_path / "cifar-n").mkdir()
+    shutil.copy(cifar10n_file, tmp_path / "cifar-n" / "CIFAR-10_human.pt")
+
+    code, out, err = cli("run", "--suite", "paper", "--dry-run", "--json", "--device", "cpu", "--data-root", tmp_path)
+    assert code == 0, err
+    doc = json.loads(out)["echomod"]
+    assert doc["unavailable"] == {}
+
+    table1 = ["symmetric:0.3", "symmetric:0.5", "pairflip:0.45", "instance:0.3", "instance:0.5"]
+    table2 = ["human:random1", "human:random2", "human:random3", "human:worst"]
+    expected = {}
+    for dataset, noises in (("cifar10", table1), ("cifar100", table1), ("cifar10n", table2)):
+        data = get_dataset(dataset, {"download": False}, str(tmp_path))
+        pairs = set()
+        for noise in noises:
+            for seed in (1, 2, 3):
+                labels = make_noisy_labels(SimpleNamespace(noise=noise, seed=seed), data).labels
+                train, _ = split_train_val(50_000, numpy_rng(seed, "split"), 0.1)
+                pairs.update(zip(train.tolist(), labels[train].tolist()))
+        expected[dataset] = len(pairs)
+    assert sorted(doc["pairs"].values()) == sorted(expected.values())
+    assert sum(doc["pairs"].values()) == doc["total_pairs"] == doc["diffusion_pairs"]
+    # requested: 45,000 per aligning cell (echoalign 42, im-only 12, echoselect-only 12) and selection cell (6)
+    assert sum(doc["requested"].values()) == 45_000 * (42 + 12 + 12 + 6)
+    assert doc["projected_gpu_hours"]["v100"] == pytest.approx(doc["total_pairs"] * 1.2384 / 3600, rel=1e-3)
