@@ -281,7 +281,8 @@ def cmd_run(args) -> int:
                              progress=not args.no_progress, cache_dir=args.cache_dir, selection=selection)
     timed = run_kind_cells(runtime, suite.name, out, device=device, force=args.force, data_root=args.data_root,
                            cache_dir=args.cache_dir, progress=not args.no_progress)
-    outcome, cells = timed.merged_into(outcome), [*cells, *selection, *runtime]
+    outcome = outcome.absorb(timed)
+    cells = outcome.cells
     device = outcome.device or device  # e.g. "2 workers on cpu, 1 thread(s) each"
     wall = time.perf_counter() - started
     failed = len(outcome.failed)

@@ -143,10 +143,8 @@ def run_suite_with(executor: str, suite, out: str | Path, *, device: str = "auto
         Store(out).claim(suite.name)  # before any cell is written (claiming is idempotent)
         selected = run_kind_cells(list(selection), suite.name, out, device=plan.device, force=force,
                                   data_root=data_root, cache_dir=cache_dir, progress=progress)
-        outcome = run_suite(suite, out, device=plan.device, seeds=seeds, force=force, data_root=data_root,
-                            progress=progress, cache_dir=cache_dir)
-        outcome.cells = [*outcome.cells, *selected.cells]
-        return selected.merged_into(outcome)
+        return run_suite(suite, out, device=plan.device, seeds=seeds, force=force, data_root=data_root,
+                         progress=progress, cache_dir=cache_dir).absorb(selected)
     from .local_pool import run_suite_pool
 
     return run_suite_pool(suite, out, plan, seeds=seeds, force=force, data_root=data_root, cache_dir=cache_dir,

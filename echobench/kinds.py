@@ -37,7 +37,6 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -86,26 +85,6 @@ def kind_rows(selection: list[SelectionSpec], runtime: list[RuntimeSpec]) -> lis
     return rows
 
 
-@dataclass
-class KindOutcome:
-    """What `run_kind_cells` did, with the training runner's `SuiteOutcome` attributes."""
-
-    cells: list = field(default_factory=list)
-    computed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    busy: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def merged_into(self, outcome):
-        """Add these cells to the training runner's outcome (any object with the same lists) and return it."""
-        outcome.computed.extend(self.computed)
-        outcome.skipped.extend(self.skipped)
-        outcome.busy.extend(self.busy)
-        outcome.failed.update(self.failed)
-        return outcome
-
-
 def record_command(out: str | Path, suite: Suite, argv: list[str] | None, device: str,
                    cells: dict[str, int]) -> Path:
     """Write OUT/commands/<UTC time>-<pid>.json: the command line, suite, device and cell counts of this run
@@ -148,14 +127,16 @@ def compute_kind_cell(store: Store, suite_name: str, spec: SelectionSpec | Runti
 
 
 def run_kind_cells(cells: list, suite_name: str, out: str | Path, *, device: str = "cpu", force: bool = False,
-                   data_root: str | None = None, cache_dir: str | None = None, progress: bool = True) -> KindOutcome:
-    """Compute selection and runtime `cells` one after another in this process (`compute_kind_cell`)."""
+                   data_root: str | None = None, cache_dir: str | None = None, progress: bool = True):
+    """Compute selection and runtime `cells` one after another in this process (`compute_kind_cell`);
+    returns a `runner.SuiteOutcome`."""
     from tqdm.auto import tqdm
 
     from .environment import environment
+    from .runner import SuiteOutcome
 
     store = Store(out)
-    outcome = KindOutcome(cells=list(cells))
+    outcome = SuiteOutcome(list(cells), device=device)
     if not outcome.cells:
         return outcome
     env = environment(device)
@@ -170,9 +151,8 @@ def run_kind_cells(cells: list, suite_name: str, out: str | Path, *, device: str
         bar.set_postfix_str(spec.label())
         status, message = compute_kind_cell(store, suite_name, spec, env, device=device, data_root=data_root,
                                             cache_dir=cache_dir, force=force, progress=progress)
-        {"computed": outcome.computed, "skipped": outcome.skipped, "busy": outcome.busy}.get(status, []).append(spec.run_id)
+        outcome.record(spec.run_id, status, message)
         if status == "failed":
-            outcome.failed[spec.run_id] = message
             bar.write(f"cell {spec.run_id} ({spec.label()}) failed: {message}", file=sys.stderr)
         bar.update(1)
     bar.close()

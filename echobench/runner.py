@@ -210,6 +210,15 @@ class SuiteOutcome:
         else:
             raise ValueError(f"unknown cell status {status!r}")
 
+    def absorb(self, other: "SuiteOutcome") -> "SuiteOutcome":
+        """Add another run's cells (e.g. the selection or runtime cells) to this outcome; returns self."""
+        self.cells = [*self.cells, *other.cells]
+        self.computed.extend(other.computed)
+        self.skipped.extend(other.skipped)
+        self.busy.extend(other.busy)
+        self.failed.update(other.failed)
+        return self
+
 
 CELL_STATUSES = ("computed", "skipped", "busy", "failed")
 
