@@ -17,6 +17,7 @@ EXAMPLES = {
   echobench run --suite smoke --out /tmp/smoke    # a few seconds of the real pipeline
   echobench run --suite my_suite.yaml --seeds 1 2 3 --device cuda
   echobench run --suite demo --dry-run            # list the cells without running them
+  echobench run --suite paper --dry-run --json    # cells, EchoMod pairs, projected GPU-hours per stage
   echobench run --suite shapes --workers 4        # 4 worker processes, pinned to the GPUs (on CPU: cores/4 threads each)
   echobench run --suite shapes --workers 2 --threads 1 --device cpu
   echobench run --suite paper --executor ray --address auto        # one Ray task per cell on the cluster of `ray start`
@@ -76,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="EchoMod's cache of modified images (default: $ECHOBENCH_CACHE or DATA_ROOT/echomod)")
     run.add_argument("--force", action="store_true", help="recompute cells that already have a result")
     run.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"], help="accuracy to tabulate")
-    run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the cells, count EchoMod's distinct pairs and project GPU-hours per stage "
+                          "(EchoMod, EchoSelect, training per method; projections), then exit; never downloads")
     run.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
