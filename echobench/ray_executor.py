@@ -13,10 +13,10 @@ What runs where:
    number mod n is i, as `echobench modify --shard i/n`; n = the number of cells the cluster runs at
    once), written into the cache.
 2. One task per cell trains it (a selection cell, `echobench.kinds`, is a task too: it computes in a
-   scratch directory and returns its figures with its result). A cell that uses EchoMod gets its generator's shard tasks' results
-   as arguments, so Ray starts it only after they finished (object refs passed to a task are
-   resolved before it runs: https://docs.ray.io/en/latest/ray-core/tasks.html) and it only reads the
-   cache. If a shard task fails, its cells fail with that error and are retried on a re-run.
+   scratch directory and returns its figures with its result). A cell that uses EchoMod gets its
+   generator's shard tasks' results as arguments, so Ray starts it only after they finished (object
+   refs passed to a task are resolved before it runs:
+   https://docs.ray.io/en/latest/ray-core/tasks.html) and it only reads the cache. If a shard task fails, its cells fail with that error and are retried on a re-run.
 3. Resources (https://docs.ray.io/en/latest/ray-core/scheduling/accelerators.html): with GPUs in the
    cluster (and --device auto or cuda) every task asks for num_gpus=1, and Ray sets the task's
    CUDA_VISIBLE_DEVICES to the GPU it was given, so the task's `cuda` is that GPU; without, each task
@@ -106,6 +106,23 @@ def shard_task(group, shard: tuple[int, int], device: str, threads: int | None, 
     return generate_shard(group, shard, device=device, data_root=data_root, cache_dir=cache_dir)
 
 
+def _reported(device: str, threads: int | None, compute) -> dict[str, Any]:
+    """Run `compute()` (a dict: "result" and optionally "files") in a task; return it, or the error and
+    traceback of a failing cell (the driver writes error.json), with the environment and host that ran it."""
+    import platform
+
+    from .environment import environment
+
+    _prepare_worker(threads)
+    env = environment(device)
+    host = {"host": platform.node(), "pid": os.getpid()}
+    try:
+        value = compute()
+    except Exception as exc:
+        return {"error": error_message(exc), "traceback": traceback.format_exc(), "environment": env, **host}
+    return {**value, "environment": env, **host}
+
+
 def cell_task(spec_dict: dict, device: str, threads: int | None, data_root: str | None, cache_dir: str | None,
               *generated: dict) -> dict[str, Any]:
     """Train one cell; returns its result, or its error and traceback, with the environment that ran it.
@@ -113,44 +130,29 @@ def cell_task(spec_dict: dict, device: str, threads: int | None, data_root: str 
     `generated` are the results of the cell's EchoMod shard tasks: Ray passes them only once those
     tasks finished, so the pairs are in the cache.
     """
-    import platform
-
-    from .environment import environment
     from .runner import run_cell_retrying_oom
 
-    _prepare_worker(threads)
     spec = RunSpec.from_dict(spec_dict)
-    env = environment(device)
-    host = {"host": platform.node(), "pid": os.getpid()}
-    try:
-        result = run_cell_retrying_oom(spec, device, data_root, cache_dir=cache_dir)
-    except Exception as exc:  # a failing cell is reported; the driver writes error.json
-        return {"error": error_message(exc), "traceback": traceback.format_exc(), "environment": env, **host}
-    return {"result": result, "environment": env, **host}
+    return _reported(device, threads, lambda: {"result": run_cell_retrying_oom(spec, device, data_root, cache_dir=cache_dir)})
 
 
 def selection_task(spec_dict: dict, device: str, threads: int | None, data_root: str | None, cache_dir: str | None,
                    *generated: dict) -> dict[str, Any]:
     """One selection cell (`echobench.kinds`), computed in a scratch directory: its result and the bytes of
     the figures and report it wrote there (the driver writes them into the cell), or its error."""
-    import platform
     import tempfile
 
-    from .environment import environment
     from .kinds import run_selection_cell, selection_files
 
-    _prepare_worker(threads)
     spec = SelectionSpec.from_dict(spec_dict)
-    env = environment(device)
-    host = {"host": platform.node(), "pid": os.getpid()}
-    try:
+
+    def compute() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="echobench-selection-") as scratch:
             result = run_selection_cell(spec, Path(scratch), device=device, data_root=data_root, cache_dir=cache_dir,
                                         progress=False)
-            files = selection_files(Path(scratch))
-    except Exception as exc:
-        return {"error": error_message(exc), "traceback": traceback.format_exc(), "environment": env, **host}
-    return {"result": {"kind": spec.kind, **result}, "files": files, "environment": env, **host}
+            return {"result": {"kind": spec.kind, **result}, "files": selection_files(Path(scratch))}
+
+    return _reported(device, threads, compute)
 
 
 # --- the driver ----------------------------------------------------------------------------------------
