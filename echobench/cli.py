@@ -277,8 +277,8 @@ def cmd_run(args) -> int:
     # the training cells; runtime cells (Tables 6/7) run last, here, with the device to themselves.
     from .kinds import prepare_run, run_kind_cells
 
-    selection, runtime, _ = prepare_run(suite, out, device=device, seeds=args.seeds, argv=args.argv,
-                                        train_cells=len(cells))
+    selection, runtime = prepare_run(suite, out, device=device, seeds=args.seeds, argv=args.argv,
+                                     train_cells=len(cells))
     outcome = run_suite_with(args.executor, suite, out, device=args.device, workers=args.workers, address=args.address,
                              threads=args.threads, seeds=args.seeds, force=args.force, data_root=args.data_root,
                              progress=not args.no_progress, cache_dir=args.cache_dir, selection=selection)

@@ -99,13 +99,12 @@ def record_command(out: str | Path, suite: Suite, argv: list[str] | None, device
 
 
 def prepare_run(suite: Suite, out: str | Path, *, device: str = "cpu", seeds: list[int] | None = None,
-                argv: list[str] | None = None, train_cells: int = 0) -> tuple[list[SelectionSpec], list[RuntimeSpec], Path]:
-    """Claim `out` for the suite and record the command: (selection cells, runtime cells, command file)."""
+                argv: list[str] | None = None, train_cells: int = 0) -> tuple[list[SelectionSpec], list[RuntimeSpec]]:
+    """Claim `out` for the suite and record the command: (selection cells, runtime cells)."""
     selection, runtime = kind_cells(suite, seeds, device)
     Store(out).claim(suite.name)
-    command_file = record_command(out, suite, argv, device, {"train": train_cells, "selection": len(selection),
-                                                             "runtime": len(runtime)})
-    return selection, runtime, command_file
+    record_command(out, suite, argv, device, {"train": train_cells, "selection": len(selection), "runtime": len(runtime)})
+    return selection, runtime
 
 
 def compute_kind_cell(store: Store, suite_name: str, spec: SelectionSpec | RuntimeSpec, env: dict, *,
