@@ -4,6 +4,7 @@ so `echobench --help` and `echobench ls` answer at once."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -40,7 +41,8 @@ EXAMPLES = {
   echobench bench knn --n 2000 --dim 32 --json
   echobench bench echoselect --n 128              # batched EchoSelect vs the released per-image loop
   echobench bench train --device cuda             # one epoch of the paper's ResNet-18 on 50,000 random CIFAR images
-  echobench bench train --n 512 --device cpu --json""",
+  echobench bench train --n 512 --device cpu --json
+  echobench bench approx shapes --noise instance:0.3 --engine eager --engine-option model=tiny --variant steps=10""",
     "modify": """examples:
   echobench modify shapes --noise instance:0.5 --seed 1           # procedural EchoMod, cached
   echobench modify cifar10 --noise symmetric:0.3 --seed 1 --device cuda --shard 0/4
@@ -49,6 +51,12 @@ EXAMPLES = {
   echobench select shapes --noise instance:0.5 --seed 1           # separation, Table 4 view, τ sweep, histograms
   echobench select shapes --noise instance:0.3 --seed 1 --peers small-loss bltm simifeat confident-learning
   echobench select cifar10 --noise instance:0.3 --seed 1 --device cuda --extractor-option pretrained=openai --json""",
+    "train-echomod": """examples:
+  echobench train-echomod --out runs/echomod-shapes            # SD + canny ControlNet + tiny VAE for shapes (CPU, ~45 min)
+  echobench train-echomod --out /tmp/em --unet-steps 100 --controlnet-steps 50 --vae-steps 50 --tiny-vae-steps 50
+  echobench select shapes --noise instance:0.3 --dataset-option n_train=1000 --engine eager \
+      --engine-option model=sd15 --engine-option resolution=32 \
+      --engine-option base_model=runs/echomod-shapes/stable-diffusion --engine-option controlnet=runs/echomod-shapes/controlnet""",
     "doctor": """examples:
   echobench doctor
   echobench doctor --json""",
@@ -208,6 +216,39 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0, help="seed of the random images, labels and weights (default: 0)")
     train.add_argument("--json", action="store_true", help="print the JSON result instead of the text")
+
+    approx = bench_sub.add_parser(
+        "approx", help="EchoSelect after exact and approximate EchoMod (fewer steps, lower resolution, a tiny VAE) on "
+                       "the same setting and seeds: speedup, precision, recall, AUROC, agreement with exact",
+        epilog="""examples:
+  echobench bench approx shapes --noise instance:0.3 --dataset-option n_train=1000 --dataset-option n_test=200 \\
+      --engine eager --engine-option model=sd15 --engine-option resolution=32 \\
+      --engine-option base_model=runs/echomod-shapes/stable-diffusion --engine-option controlnet=runs/echomod-shapes/controlnet \\
+      --variant steps=10 --variant resolution=16 --variant vae=runs/echomod-shapes/tiny-vae
+  (runs/echomod-shapes: `echobench train-echomod --out runs/echomod-shapes`)""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    setting(approx)
+    approx.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="an approximate setting: engine options overriding the exact row's, e.g. steps=10, "
+                             "resolution=16, vae=PATH (repeatable; one row each)")
+    approx.add_argument("--extractor", default="", help="feature extractor (default: shapes-hog for shapes, open_clip elsewhere)")
+    approx.add_argument("--extractor-option", action="append", default=[], metavar="KEY=VALUE")
+    approx.add_argument("--tau", type=float, help="EchoSelect's threshold for every row (default: the extractor's)")
+    approx.add_argument("--strict", action="store_true", help="keep S > τ instead of S ≥ τ")
+    approx.add_argument("--threads", type=int, help="torch CPU threads")
+    approx.add_argument("--out", help="also write the JSON document to this file (atomically)")
+
+    trainer = add("train-echomod", "Train EchoMod's diffusion model for the embedded shapes world: a small SD + canny "
+                                   "ControlNet and a tiny VAE, on an independent shapes world (CPU, no download).")
+    trainer.add_argument("--out", required=True, help="new folder for stable-diffusion/, controlnet/, tiny-vae/, training.json")
+    from .echomod_training import TrainingConfig
+
+    for field in dataclasses.fields(TrainingConfig):
+        flag = "--" + field.name.replace("_", "-")
+        trainer.add_argument(flag, type=type(field.default), default=field.default, help=f"(default: {field.default})")
+    trainer.add_argument("--threads", type=int, help="torch CPU threads (the losses depend on it in the last bits)")
+    trainer.add_argument("--json", action="store_true", help="print training.json instead of a summary")
+    trainer.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     doctor = add("doctor", "Show installed extras, devices and cache locations.")
     doctor.add_argument("--json", action="store_true")
@@ -390,6 +431,8 @@ def cmd_bench(args) -> int:
         return _bench_echoselect(args)
     if args.bench_what == "train":
         return _bench_train(args)
+    if args.bench_what == "approx":
+        return _bench_approx(args)
     from .bench import bench_knn, format_bench_knn
 
     if min(args.n, args.dim, args.k, args.repeats) < 1 or args.k >= args.n:
@@ -492,6 +535,29 @@ def _bench_engines(args) -> int:
     return 1 if failed else 0
 
 
+def _bench_approx(args) -> int:
+    from .bench_approx import bench_approx, format_bench_approx, parse_variant
+    from .echoselect import check_tau
+    from .store import atomic_write_json
+
+    if args.tau is not None:
+        check_tau(args.tau)
+    if not args.variant:
+        raise EchobenchError("give at least one approximate variant, e.g. --variant steps=10")
+    for text in args.variant:
+        parse_variant(text)  # a malformed variant fails before any work
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    task, clean, params = _setting(args)
+    doc = bench_approx(task, clean, params, args.variant, cache_dir=args.cache_dir, progress=not args.no_progress)
+    if args.out:
+        atomic_write_json(Path(args.out), doc)
+    print(json.dumps(doc, indent=2, default=float) if args.json else format_bench_approx(doc))
+    return 0
+
+
 def _bench_echoselect(args) -> int:
     from .bench_echoselect import bench_echoselect, format_bench_echoselect
     from .environment import resolve_device
@@ -524,6 +590,25 @@ def _bench_train(args) -> int:
     return 0
 
 
+def cmd_train_echomod(args) -> int:
+    from .echomod_training import TrainingConfig, train_shapes_echomod
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = TrainingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)})
+    log = (lambda _: None) if args.json else print
+    summary = train_shapes_echomod(args.out, config, progress=not args.no_progress, log=log)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        final = ", ".join(f"{stage} {curve[-1][1]:.4f}" for stage, curve in summary["losses"].items() if curve)
+        print(f"trained in {summary['seconds']:.0f} s; final losses: {final}. Saved under {args.out} "
+              f"(base_model={args.out}/stable-diffusion, controlnet={args.out}/controlnet, vae={args.out}/tiny-vae)")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report, format_doctor
 
@@ -533,7 +618,8 @@ def cmd_doctor(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "noise": cmd_noise, "bench": cmd_bench,
-            "modify": cmd_modify, "select": cmd_select, "doctor": cmd_doctor}
+            "modify": cmd_modify, "select": cmd_select, "train-echomod": cmd_train_echomod,
+            "doctor": cmd_doctor}
 
 
 if __name__ == "__main__":

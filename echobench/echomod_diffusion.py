@@ -592,8 +592,12 @@ def load_tiny_vae(ident: str, device: str, dtype):
     approximate decoder of `DiffusionConfig.vae`."""
     import diffusers
 
+    from .diffusion_models import _diffusers_quiet
+
     path = _checkpoint_path(ident, "vae")
-    vae = _load("tiny VAE", path, lambda: diffusers.AutoencoderTiny.from_pretrained(path, torch_dtype=dtype))
+    weights = {"torch_dtype": dtype, **_low_memory_kwargs()}
+    with _diffusers_quiet():  # AutoencoderTiny warns that its own saved `block_out_channels` is unexpected
+        vae = _load("tiny VAE", path, lambda: diffusers.AutoencoderTiny.from_pretrained(path, **weights))
     return vae.to(device).eval()
 
 

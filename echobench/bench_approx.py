@@ -1,0 +1,140 @@
+"""`echobench bench approx`: what an approximate EchoMod speedup costs EchoSelect, on the same pairs.
+
+Exact-output speedups (one batched CFG pass, cached text embeddings, the fused step) are on by
+default. Approximate ones change the images: fewer denoising steps, a lower generation resolution,
+a tiny VAE decoder (`DiffusionConfig.steps`, `.resolution`, `.vae`). This bench runs EchoMod on one
+noisy setting with the exact settings and with each approximate variant, on the same originals,
+noisy labels and per-sample seeds, and reports for every row:
+
+- generation seconds per image (the generation loop; loading the model is not counted) and the
+  speedup over the exact row (the same process, one run);
+- EchoSelect on that row's pairs at the same τ: originals kept, precision (share of kept samples
+  whose noisy label is the clean one), recall, AUROC of S for clean vs noisy labels;
+- precision at the exact row's number of kept samples (the top-k by S), which separates a change in
+  ranking from a shift of S against a fixed τ;
+- agreement with the exact row: share of samples with the same keep/replace decision, mean |ΔS|;
+- on `shapes` only, whether EchoMod did its job: the share of modified images that show the class of
+  their (noisy) label, read by the procedural engine's scene recovery (`engines/procedural`, which
+  reads 87% of the world's original images as their clean class; ambiguous instances are the rest),
+  for samples whose label is clean (the class must stay) and noisy (it must change).
+
+Every row generates its pairs anew (a fresh cache directory unless `cache_dir` is given), so the
+seconds measure generation, not cache reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from .echoalign import EchoAlignParams, modify_pairs, resolve_tau, similarity_of_pairs
+from .echoselect import keep_original, separation
+from .errors import EchobenchError
+
+EXACT = "exact"
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """'steps=10' or 'steps=10,resolution=16' → {'steps': 10, 'resolution': 16} (YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise EchobenchError(f"--variant must look like KEY=VALUE[,KEY=VALUE...], got {text!r}")
+        out[key.strip()] = yaml.safe_load(value.strip())
+    return out
+
+
+def bench_approx(task, clean: np.ndarray, params: EchoAlignParams, variants: list[str], *,
+                 cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The rows of the module docstring: `params.engine_options` is the exact row, each variant
+    (a `parse_variant` string) overrides some of them."""
+    if not variants:
+        raise EchobenchError("give at least one approximate variant, e.g. --variant steps=10")
+    parsed = {text: parse_variant(text) for text in variants}
+    originals = task.train.images.permute(0, 2, 3, 1).cpu().numpy()
+    indices = task.train.indices.cpu().numpy()
+    noisy = task.train.labels.cpu().numpy()
+    is_clean = noisy == clean
+    tau = resolve_tau(params, task.noise_rate, task.dataset)
+    rows: list[dict[str, Any]] = []
+    exact: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="echobench-approx-") as scratch:
+        for name, overrides in [(EXACT, {}), *parsed.items()]:
+            options = {**params.engine_options, **overrides}
+            similarity, seconds, modified = _run_row(task, originals, indices, noisy, params, options,
+                                                     cache_dir or scratch, name, progress)
+            kept = keep_original(similarity, tau, strict=params.strict)
+            row = {"variant": name, "options": options, "seconds_per_image": seconds / len(noisy),
+                   **separation(similarity, is_clean, tau, strict=params.strict)}
+            if name == EXACT:
+                exact = {"similarity": similarity, "kept": kept, "seconds": seconds, "k": int(kept.sum())}
+            row["speedup"] = exact["seconds"] / seconds if seconds > 0 else float("nan")
+            row["precision_at_exact_k"] = _precision_at_k(similarity, is_clean, exact["k"])
+            row["decision_agreement"] = float((kept == exact["kept"]).mean())
+            row["mean_abs_delta_s"] = float(np.abs(similarity - exact["similarity"]).mean())
+            if task.dataset == "shapes":
+                shown = shows_class(modified, noisy)
+                row["target_shown_clean"] = float(shown[is_clean].mean()) if is_clean.any() else float("nan")
+                row["target_shown_noisy"] = float(shown[~is_clean].mean()) if (~is_clean).any() else float("nan")
+            rows.append(row)
+    return {
+        "dataset": task.dataset, "noise": f"{task.noise_kind}:{task.noise_rate:g}", "seed": task.seed,
+        "n": int(len(noisy)), "n_noisy": int((~is_clean).sum()), "tau": float(tau),
+        "params": dataclasses.asdict(params), "rows": rows,
+    }
+
+
+def _run_row(task, originals, indices, noisy, params: EchoAlignParams, options: dict[str, Any], cache_dir: str,
+             name: str, progress: bool) -> tuple[np.ndarray, float]:
+    from .selection_report import _progress_bar
+
+    with _progress_bar(len(noisy), f"EchoMod {name}", progress) as bar:
+        modified, stats = modify_pairs(task.dataset, task.dataset_options, task.class_names, originals, indices, noisy,
+                                       engine=params.engine, engine_options=options, base_seed=params.base_seed,
+                                       device=str(task.device), cache_dir=cache_dir,
+                                       batch_size=params.generation_batch_size, progress=bar.update)
+    if stats.cached:
+        raise EchobenchError(f"variant {name!r}: {stats.cached} pairs came from the cache in {cache_dir}, so its "
+                             "seconds would not measure generation; leave --cache-dir out (a fresh one is used)")
+    similarity = similarity_of_pairs(task.dataset, originals, modified, extractor=params.extractor,
+                                     extractor_options=params.extractor_options, device=str(task.device),
+                                     backend=params.similarity)
+    return similarity, stats.seconds, modified  # seconds: the generation loop only, not loading the model
+
+
+def shows_class(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per `shapes` image, whether the procedural engine's scene recovery reads class `labels[k]` in it."""
+    from engines.procedural.engine import recover_scene
+
+    return np.array([recover_scene(image).apparent == label for image, label in zip(images, labels)], dtype=bool)
+
+
+def _precision_at_k(similarity: np.ndarray, is_clean: np.ndarray, k: int) -> float:
+    """Share of clean labels among the k samples of highest S (ties broken by position, stably)."""
+    if k <= 0:
+        return float("nan")
+    top = np.argsort(-similarity, kind="stable")[:k]
+    return float(is_clean[top].mean())
+
+
+def format_bench_approx(doc: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    head = (f"EchoSelect after exact and approximate EchoMod on {doc['dataset']} {doc['noise']} seed {doc['seed']}: "
+            f"{doc['n']} training samples, {doc['n_noisy']} with a wrong label; τ = {doc['tau']:g} for every row")
+    table = [[r["variant"], f"{r['seconds_per_image']:.4f}", f"{r['speedup']:.2f}×", r["n_selected"],
+              f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['auroc']:.4f}", f"{r['precision_at_exact_k']:.4f}",
+              f"{r['decision_agreement']:.4f}", f"{r['mean_abs_delta_s']:.4f}"] for r in doc["rows"]]
+    headers = ["variant", "s/image", "speedup", "kept", "precision", "recall", "AUROC", "precision@k(exact)",
+               "same decision", "mean |ΔS|"]
+    if doc["dataset"] == "shapes":
+        for line, r in zip(table, doc["rows"]):
+            line += [f"{r['target_shown_clean']:.4f}", f"{r['target_shown_noisy']:.4f}"]
+        headers += ["label shown (clean)", "label shown (noisy)"]
+    return head + "\n\n" + tabulate(table, headers, tablefmt="github", disable_numparse=True)

@@ -1,0 +1,157 @@
+"""Training EchoMod's diffusion model for shapes (`echobench train-echomod`) and measuring approximate
+speedups against it (`echobench bench approx`), at sizes that run in seconds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from echobench.datasets.shapes import CLASS_NAMES
+from echobench.echomod_training import TrainingConfig, train_shapes_echomod
+from echobench.errors import EchobenchError
+
+QUICK = TrainingConfig(n_train=64, batch_size=8, vae_steps=3, unet_steps=3, controlnet_steps=3, tiny_vae_steps=3,
+                       warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "echomod"
+    summary = train_shapes_echomod(out, QUICK, progress=False, log=lambda _: None)
+    return out, summary
+
+
+def test_the_folder_has_the_checkpoint_layouts_and_the_record(trained):
+    out, summary = trained
+    assert sorted(p.name for p in out.iterdir()) == ["controlnet", "stable-diffusion", "tiny-vae", "training.json"]
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (out / "stable-diffusion" / part).is_dir()
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["unet_steps"] == 3 and record["environment"]["python"]
+    assert [curve[-1][0] for curve in record["losses"].values()] == [3, 3, 3, 3]
+    assert all(np.isfinite(curve[-1][1]) for curve in record["losses"].values())
+    vae_config = json.loads((out / "stable-diffusion" / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"]) and summary["scaling_factor"] > 0
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_the_controlnet_was_trained_from_zero_convolutions(trained):
+    """`from_unet` starts the ControlNet's output convolutions at zero; three steps move them."""
+    import diffusers
+
+    controlnet = diffusers.ControlNetModel.from_pretrained(trained[0] / "controlnet")
+    assert any(block.weight.abs().max() > 0 for block in controlnet.controlnet_down_blocks)
+
+
+def test_echomod_loads_the_trained_folder_with_its_tiny_vae(trained):
+    from echobench.datasets.shapes import load_shapes
+    from echobench.echomod_diffusion import make_diffusion_modifier
+
+    out, _ = trained
+    world = load_shapes(n_train=4, n_test=1, seed=0)
+    options = {"model": "sd15", "base_model": str(out / "stable-diffusion"), "controlnet": str(out / "controlnet"),
+               "resolution": 32, "steps": 2}
+    exact = make_diffusion_modifier("eager", "shapes", list(CLASS_NAMES), 32, options, "cpu")
+    tiny = make_diffusion_modifier("eager", "shapes", list(CLASS_NAMES), 32, {**options, "vae": str(out / "tiny-vae")}, "cpu")
+    labels, seeds = np.array([0, 3, 5, 9]), np.arange(4)
+    a = exact.generate(world.train_images, labels, seeds)
+    b = tiny.generate(world.train_images, labels, seeds)
+    assert a.shape == b.shape == (4, 32, 32, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a, b)  # the tiny decoder is another decoder
+    assert exact.config() != tiny.config()  # so the cache keeps them apart
+
+
+def test_training_is_deterministic(trained, tmp_path):
+    import torch
+
+    out, summary = trained
+    again = train_shapes_echomod(tmp_path / "again", QUICK, progress=False, log=lambda _: None)
+    assert again["losses"] == summary["losses"]
+    from safetensors.torch import load_file
+
+    first = load_file(out / "controlnet" / "diffusion_pytorch_model.safetensors")
+    second = load_file(tmp_path / "again" / "controlnet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_vae_learns(monkeypatch, tmp_path):
+    """The reconstruction loss of the second 50 steps is below that of the first 50."""
+    from echobench import echomod_training
+
+    config = TrainingConfig(n_train=64, batch_size=8, vae_steps=100, unet_steps=0, controlnet_steps=0,
+                            tiny_vae_steps=0, warmup_steps=10)
+    saved = {}
+    monkeypatch.setattr(echomod_training, "_save", lambda out, *args: saved.update(summary=args[-1]))
+    train_shapes_echomod(tmp_path / "unsaved", config, progress=False, log=lambda _: None)
+    (_, first), (_, second) = saved["summary"]["losses"]["vae"]
+    assert second < first
+
+
+def test_an_existing_folder_is_refused_and_left_alone(tmp_path, cli):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    code, _, err = cli("train-echomod", "--out", out, "--vae-steps", "1")
+    assert code == 2 and "already exists" in err and "Traceback" not in err
+    assert (out / "mine.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.parametrize("args, fragment", [(["--batch-size", "0"], "batch_size must be >= 1"),
+                                            (["--image-size", "36"], "multiple of 8"),
+                                            (["--text-dropout", "1.5"], "text_dropout must lie in [0, 1]")])
+def test_bad_training_options_are_user_errors(args, fragment, tmp_path, cli):
+    code, _, err = cli("train-echomod", "--out", tmp_path / "new", *args)
+    assert code == 2 and fragment in err and not (tmp_path / "new").exists()
+
+
+# --- bench approx ---------------------------------------------------------------------------------
+
+def test_bench_approx_compares_variants_on_the_same_pairs(cli, tmp_path):
+    """The tiny random model: the exact row agrees with itself; fewer steps change S but not the setting."""
+    out = tmp_path / "approx.json"
+    code, stdout, _ = cli("bench", "approx", "shapes", "--noise", "instance:0.3", "--dataset-option", "n_train=60",
+                          "--dataset-option", "n_test=10", "--engine", "eager", "--engine-option", "model=tiny",
+                          "--engine-option", "steps=2", "--variant", "steps=1", "--variant", "steps=1,resolution=16",
+                          "--tau", "0.5", "--no-progress", "--out", out)
+    assert code == 0 and "precision@k(exact)" in stdout
+    doc = json.loads(out.read_text())
+    exact, fewer, smaller = doc["rows"]
+    assert [r["variant"] for r in doc["rows"]] == ["exact", "steps=1", "steps=1,resolution=16"]
+    assert exact["decision_agreement"] == 1.0 and exact["mean_abs_delta_s"] == 0.0 and exact["speedup"] == 1.0
+    assert fewer["options"] == {"model": "tiny", "steps": 1} and smaller["options"]["resolution"] == 16
+    assert fewer["mean_abs_delta_s"] > 0 and smaller["mean_abs_delta_s"] > 0
+    assert all(r["n"] == doc["n"] and r["tau"] == 0.5 for r in doc["rows"])
+    assert all(r["seconds_per_image"] > 0 for r in doc["rows"])
+
+
+def test_precision_at_k_ranks_by_similarity():
+    from echobench.bench_approx import _precision_at_k
+
+    s = np.array([0.9, 0.1, 0.8, 0.7])
+    clean = np.array([True, False, False, True])
+    assert _precision_at_k(s, clean, 1) == 1.0
+    assert _precision_at_k(s, clean, 2) == 0.5
+    assert np.isnan(_precision_at_k(s, clean, 0))
+
+
+@pytest.mark.parametrize("variant", ["steps", "steps=", "=3", "steps=2,,"])
+def test_a_malformed_variant_is_a_user_error(variant, cli):
+    code, _, err = cli("bench", "approx", "shapes", "--noise", "instance:0.3", "--variant", variant)
+    assert code == 2 and "--variant must look like" in err and "Traceback" not in err
+
+
+def test_bench_approx_needs_a_variant(cli):
+    code, _, err = cli("bench", "approx", "shapes", "--noise", "instance:0.3", "--dataset-option", "n_train=20",
+                       "--dataset-option", "n_test=5", "--engine", "eager", "--engine-option", "model=tiny")
+    assert code == 2 and "at least one approximate variant" in err
+
+
+def test_shows_class_reads_the_shapes_class_of_an_image():
+    """The fidelity read-out of `bench approx`: originals show their clean class, not another one."""
+    from echobench.bench_approx import shows_class
+    from echobench.datasets.shapes import load_shapes
+
+    world = load_shapes(n_train=200, n_test=1, seed=3)
+    labels = np.asarray(world.train_labels)
+    assert shows_class(world.train_images, labels).mean() > 0.8
+    assert shows_class(world.train_images, (labels + 1) % 10).mean() < 0.1
