@@ -8,7 +8,6 @@ import pytest
 
 from echobench.datasets.shapes import CLASS_NAMES
 from echobench.echomod_training import TrainingConfig, train_shapes_echomod
-from echobench.errors import EchobenchError
 
 QUICK = TrainingConfig(n_train=64, batch_size=8, vae_steps=3, unet_steps=3, controlnet_steps=3, tiny_vae_steps=3,
                        warmup_steps=1)
