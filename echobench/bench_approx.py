@@ -35,6 +35,7 @@ from .echoselect import keep_original, separation
 from .errors import EchobenchError
 
 EXACT = "exact"
+GRID_SAMPLES = 10
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -51,9 +52,10 @@ def parse_variant(text: str) -> dict[str, Any]:
 
 
 def bench_approx(task, clean: np.ndarray, params: EchoAlignParams, variants: list[str], *,
-                 cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+                 cache_dir: str | None = None, progress: bool = True, grid: str | None = None) -> dict[str, Any]:
     """The rows of the module docstring: `params.engine_options` is the exact row, each variant
-    (a `parse_variant` string) overrides some of them."""
+    (a `parse_variant` string) overrides some of them. `grid`: a PNG path for `plot_grid` of the
+    first `GRID_SAMPLES` samples with a wrong label."""
     if not variants:
         raise EchobenchError("give at least one approximate variant, e.g. --variant steps=10")
     parsed = {text: parse_variant(text) for text in variants}
@@ -64,6 +66,8 @@ def bench_approx(task, clean: np.ndarray, params: EchoAlignParams, variants: lis
     tau = resolve_tau(params, task.noise_rate, task.dataset)
     rows: list[dict[str, Any]] = []
     exact: dict[str, Any] = {}
+    pictured = np.flatnonzero(~is_clean)[:GRID_SAMPLES]
+    pictures = {"original": originals[pictured]}
     with tempfile.TemporaryDirectory(prefix="echobench-approx-") as scratch:
         for name, overrides in [(EXACT, {}), *parsed.items()]:
             options = {**params.engine_options, **overrides}
@@ -74,6 +78,7 @@ def bench_approx(task, clean: np.ndarray, params: EchoAlignParams, variants: lis
                    **separation(similarity, is_clean, tau, strict=params.strict)}
             if name == EXACT:
                 exact = {"similarity": similarity, "kept": kept, "seconds": seconds, "k": int(kept.sum())}
+            pictures[name] = modified[pictured]
             row["speedup"] = exact["seconds"] / seconds if seconds > 0 else float("nan")
             row["precision_at_exact_k"] = _precision_at_k(similarity, is_clean, exact["k"])
             row["decision_agreement"] = float((kept == exact["kept"]).mean())
@@ -83,6 +88,9 @@ def bench_approx(task, clean: np.ndarray, params: EchoAlignParams, variants: lis
                 row["target_shown_clean"] = float(shown[is_clean].mean()) if is_clean.any() else float("nan")
                 row["target_shown_noisy"] = float(shown[~is_clean].mean()) if (~is_clean).any() else float("nan")
             rows.append(row)
+    if grid is not None:
+        captions = [f"{task.class_names[clean[k]]}→{task.class_names[noisy[k]]}" for k in pictured]
+        plot_grid(pictures, captions, grid)
     return {
         "dataset": task.dataset, "noise": f"{task.noise_kind}:{task.noise_rate:g}", "seed": task.seed,
         "n": int(len(noisy)), "n_noisy": int((~is_clean).sum()), "tau": float(tau),
@@ -106,6 +114,32 @@ def _run_row(task, originals, indices, noisy, params: EchoAlignParams, options: 
                                      extractor_options=params.extractor_options, device=str(task.device),
                                      backend=params.similarity)
     return similarity, stats.seconds, modified  # seconds: the generation loop only, not loading the model
+
+
+def plot_grid(rows: dict[str, np.ndarray], captions: list[str], path) -> None:
+    """One row of images per entry of `rows` (originals first, then each variant's modified images),
+    one column per sample captioned "clean class→noisy label", as a PNG (atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .echoselect import save_png
+
+    columns = max(1, len(captions))
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1.6, 1.2 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c], interpolation="nearest")
+            if r == 0 and c < len(captions):
+                ax.set_title(captions[c], fontsize=6)
+        axes[r][0].set_ylabel(name, fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    save_png(fig, path)
 
 
 def shows_class(images: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -237,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     approx.add_argument("--strict", action="store_true", help="keep S > τ instead of S ≥ τ")
     approx.add_argument("--threads", type=int, help="torch CPU threads")
     approx.add_argument("--out", help="also write the JSON document to this file (atomically)")
+    approx.add_argument("--grid", help="a PNG of the first samples with a wrong label: originals, then one row per variant")
 
     trainer = add("train-echomod", "Train EchoMod's diffusion model for the embedded shapes world: a small SD + canny "
                                    "ControlNet and a tiny VAE, on an independent shapes world (CPU, no download).")
@@ -551,7 +552,8 @@ def _bench_approx(args) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     task, clean, params = _setting(args)
-    doc = bench_approx(task, clean, params, args.variant, cache_dir=args.cache_dir, progress=not args.no_progress)
+    doc = bench_approx(task, clean, params, args.variant, cache_dir=args.cache_dir, progress=not args.no_progress,
+                       grid=args.grid)
     if args.out:
         atomic_write_json(Path(args.out), doc)
     print(json.dumps(doc, indent=2, default=float) if args.json else format_bench_approx(doc))

@@ -111,8 +111,9 @@ def test_bench_approx_compares_variants_on_the_same_pairs(cli, tmp_path):
     code, stdout, _ = cli("bench", "approx", "shapes", "--noise", "instance:0.3", "--dataset-option", "n_train=60",
                           "--dataset-option", "n_test=10", "--engine", "eager", "--engine-option", "model=tiny",
                           "--engine-option", "steps=2", "--variant", "steps=1", "--variant", "steps=1,resolution=16",
-                          "--tau", "0.5", "--no-progress", "--out", out)
+                          "--tau", "0.5", "--no-progress", "--out", out, "--grid", tmp_path / "grid.png")
     assert code == 0 and "precision@k(exact)" in stdout
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     doc = json.loads(out.read_text())
     exact, fewer, smaller = doc["rows"]
     assert [r["variant"] for r in doc["rows"]] == ["exact", "steps=1", "steps=1,resolution=16"]
