@@ -14,8 +14,8 @@ noisy labels and per-sample seeds, and reports for every row:
   ranking from a shift of S against a fixed τ;
 - agreement with the exact row: share of samples with the same keep/replace decision, mean |ΔS|;
 - on `shapes` only, whether EchoMod did its job: the share of modified images that show the class of
-  their (noisy) label, read by the procedural engine's scene recovery (`engines/procedural`, which
-  reads 87% of the world's original images as their clean class; ambiguous instances are the rest),
+  their (noisy) label, read by the procedural engine's scene recovery (`engines/procedural`; it
+  reads 86.2% of world 0's 1,000 original training images as their clean class),
   for samples whose label is clean (the class must stay) and noisy (it must change).
 
 Every row generates its pairs anew (a fresh cache directory unless `cache_dir` is given), so the
