@@ -242,6 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     trainer = add("train-echomod", "Train EchoMod's diffusion model for the embedded shapes world: a small SD + canny "
                                    "ControlNet and a tiny VAE, on an independent shapes world (CPU, no download).")
     trainer.add_argument("--out", required=True, help="new folder for stable-diffusion/, controlnet/, tiny-vae/, training.json")
+    trainer.add_argument("--init-from", help="a folder this command wrote: continue training its models (stages with "
+                                             "0 steps keep theirs; --vae-steps 0 keeps the latent scaling)")
     from .echomod_training import TrainingConfig
 
     for field in dataclasses.fields(TrainingConfig):
@@ -601,7 +603,7 @@ def cmd_train_echomod(args) -> int:
         torch.set_num_threads(args.threads)
     config = TrainingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)})
     log = (lambda _: None) if args.json else print
-    summary = train_shapes_echomod(args.out, config, progress=not args.no_progress, log=log)
+    summary = train_shapes_echomod(args.out, config, init_from=args.init_from, progress=not args.no_progress, log=log)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

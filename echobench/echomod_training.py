@@ -109,10 +109,16 @@ class TrainingConfig:
 
 
 def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = TrainingConfig(), *,
-                         progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                         init_from: str | os.PathLike | None = None, progress: bool = True,
+                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the four models of the module docstring and save them under `out` (written to a
     temporary sibling folder and renamed, so `out` is complete or absent). Returns training.json's
-    content. An existing `out` is an error: nothing is overwritten."""
+    content. An existing `out` is an error: nothing is overwritten.
+
+    `init_from`: a folder this function wrote; training continues from its weights for the steps of
+    `config` (0 steps keep a model as it is; with `vae_steps=0` its latent scaling factor is kept,
+    otherwise the ControlNet and the tiny VAE would no longer match the latents). Its training.json
+    is kept in the new one under "previous"."""
     import torch
 
     from .datasets.shapes import CLASS_NAMES, load_shapes
@@ -122,13 +128,20 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     out = Path(out)
     if out.exists():
         raise EchobenchError(f"{out} already exists: choose another --out or remove it first")
+    previous = load_summary(init_from) if init_from is not None else None
+    if previous is not None and previous["config"]["image_size"] != config.image_size:
+        raise EchobenchError(f"{init_from} was trained at image_size {previous['config']['image_size']}, "
+                             f"not {config.image_size}")
     world = load_shapes(n_train=config.n_train, n_test=1, seed=config.world_seed, image_size=config.image_size)
     images = np.asarray(world.train_images)
     labels = np.asarray(world.train_labels, dtype=np.int64)
     pixels = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # [-1, 1], as SD
     rng = np.random.default_rng([config.seed, 0])
     torch.manual_seed(config.seed)
-    components = build_components("tiny", random_init=True, seed=config.seed)
+    if previous is None:
+        components = build_components("tiny", random_init=True, seed=config.seed)
+    else:
+        components, tiny = _load_trained(Path(init_from))
     history: dict[str, Any] = {}
     started = time.perf_counter()
 
@@ -139,7 +152,10 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     with torch.no_grad():
         posterior = vae.encode(pixels).latent_dist
         mean, std = posterior.mean, posterior.std
-    scaling = float(1.0 / posterior.sample(generator=torch.Generator().manual_seed(config.seed)).std())
+    if previous is not None and config.vae_steps == 0:
+        scaling = float(vae.config.scaling_factor)
+    else:
+        scaling = float(1.0 / posterior.sample(generator=torch.Generator().manual_seed(config.seed)).std())
     vae.register_to_config(scaling_factor=scaling)
     log(f"VAE latent scaling factor {scaling:.4f} (SD 1.5's is 0.18215)")
 
@@ -162,8 +178,11 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
 
     from .echomod_diffusion import control_images
 
-    controlnet = diffusers.ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=tuple(components.controlnet.config.conditioning_embedding_out_channels))
+    if previous is None:
+        controlnet = diffusers.ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=tuple(components.controlnet.config.conditioning_embedding_out_channels))
+    else:
+        controlnet = components.controlnet
     control = torch.from_numpy(control_images(images, config.image_size, config.canny_low, config.canny_high))
     controlnet.train()
     history["controlnet"] = _fit(controlnet, config.controlnet_steps, config.controlnet_lr, config, rng, len(images),
@@ -173,9 +192,10 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
                                                        control[idx], noise_gen), progress)
     controlnet.eval().requires_grad_(False)
 
-    tiny = diffusers.AutoencoderTiny(
-        encoder_block_out_channels=(32, 32), decoder_block_out_channels=(32, 32),
-        num_encoder_blocks=(1, 2), num_decoder_blocks=(2, 1), latent_channels=vae.config.latent_channels)
+    if previous is None:
+        tiny = diffusers.AutoencoderTiny(
+            encoder_block_out_channels=(32, 32), decoder_block_out_channels=(32, 32),
+            num_encoder_blocks=(1, 2), num_decoder_blocks=(2, 1), latent_channels=vae.config.latent_channels)
     with torch.no_grad():
         targets_z = mean * scaling
     tiny.train()
@@ -192,9 +212,20 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
                        for name, module in (("unet", unet), ("controlnet", controlnet), ("vae", vae),
                                             ("text_encoder", components.text_encoder), ("tiny_vae", tiny))},
         "environment": environment("cpu"),
+        **({"init_from": str(init_from), "previous": previous} if previous is not None else {}),
     }
     _save(out, components, unet, controlnet, vae, tiny, summary)
     return summary
+
+
+def _load_trained(folder: Path):
+    """The components and the tiny VAE of a folder `train_shapes_echomod` wrote, float32 on the CPU."""
+    import torch
+
+    from .echomod_diffusion import DiffusionConfig, load_components, load_tiny_vae
+
+    config = DiffusionConfig(base_model=str(folder / "stable-diffusion"), controlnet=str(folder / "controlnet"))
+    return load_components(config, "cpu", torch.float32), load_tiny_vae(str(folder / "tiny-vae"), "cpu", torch.float32)
 
 
 def _fit(module, steps: int, lr: float, config: TrainingConfig, rng: np.random.Generator, n: int, label: str,

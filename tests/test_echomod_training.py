@@ -155,3 +155,32 @@ def test_shows_class_reads_the_shapes_class_of_an_image():
     labels = np.asarray(world.train_labels)
     assert shows_class(world.train_images, labels).mean() > 0.8
     assert shows_class(world.train_images, (labels + 1) % 10).mean() < 0.1
+
+
+def test_training_continues_from_a_trained_folder(trained, tmp_path):
+    """Stages with 0 steps keep their weights (and the VAE its scaling); trained stages move on."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    first, summary = trained
+    config = dataclasses.replace(QUICK, seed=1, vae_steps=0, controlnet_steps=0, tiny_vae_steps=0, unet_steps=2)
+    out = tmp_path / "more"
+    again = train_shapes_echomod(out, config, init_from=first, progress=False, log=lambda _: None)
+    assert again["scaling_factor"] == summary["scaling_factor"]
+    assert again["previous"]["losses"] == summary["losses"] and again["init_from"] == str(first)
+
+    def weights(folder, part):
+        return load_file(next((folder / part).glob("*.safetensors")))
+
+    for part in ("stable-diffusion/vae", "controlnet", "tiny-vae"):
+        a, b = weights(first, part), weights(out, part)
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    a, b = weights(first, "stable-diffusion/unet"), weights(out, "stable-diffusion/unet")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_continuing_needs_a_trained_folder(tmp_path, cli):
+    code, _, err = cli("train-echomod", "--out", tmp_path / "new", "--init-from", tmp_path)
+    assert code == 2 and "not a trained EchoMod folder" in err and not (tmp_path / "new").exists()
