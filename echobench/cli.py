@@ -129,8 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     noise.add_argument("--data-root")
     noise.add_argument("--json", action="store_true")
 
-    bench = add("bench", "Micro-benchmarks of echobench's building blocks (kNN backends, EchoSelect, a training "
-                         "epoch: time and peak memory).")
+    bench = add("bench", "Micro-benchmarks of echobench's building blocks (kNN backends, EchoSelect, EchoMod's "
+                         "engines and approximate settings, a training epoch: time and peak memory).")
     bench_sub = bench.add_subparsers(dest="bench_what", metavar="WHAT", required=True)
     knn = bench_sub.add_parser("knn", help="faiss vs torch cosine kNN: seconds, peak MiB, agreement")
     knn.add_argument("--n", type=int, default=50_000, help="points (default: 50000)")
@@ -224,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
   echobench bench approx shapes --noise instance:0.3 --dataset-option n_train=1000 --dataset-option n_test=200 \\
       --engine eager --engine-option model=sd15 --engine-option resolution=32 \\
       --engine-option base_model=runs/echomod-shapes/stable-diffusion --engine-option controlnet=runs/echomod-shapes/controlnet \\
-      --variant steps=10 --variant resolution=16 --variant vae=runs/echomod-shapes/tiny-vae
+      --variant steps=10 --variant resolution=24 --variant vae=runs/echomod-shapes/tiny-vae
   (runs/echomod-shapes: `echobench train-echomod --out runs/echomod-shapes`)""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     setting(approx)
