@@ -35,7 +35,8 @@ thread count: `np.random.Generator`s choose the batches, torch generators the no
 
 How good the model is. At the defaults (2,645 s on 2 CPU cores) it follows the canny edges, but it
 does not draw a class's shape from the prompt: with the UNet alone it shows the prompted class on
-4% of images, and EchoSelect is at chance on its pairs (AUROC 0.518; reports/approx-shapes/). That
+4% of images, and EchoSelect is at chance on its pairs (AUROC 0.518; 0.560 after 3,000 more UNet
+steps with `init_from`; reports/approx-shapes/). That
 is enough to exercise the diffusion engines end to end on `shapes` and to time approximate
 settings. It is not enough to measure their effect on selection; that needs many more steps.
 
