@@ -58,11 +58,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import EchobenchError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy, torch and diffusers are imported inside the functions: the command line builds its parser
+# from TrainingConfig, and `echobench --help` should not pay for them.
 
 STAGES = ("vae", "unet", "controlnet", "tiny_vae")
 
@@ -120,6 +124,7 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     `config` (0 steps keep a model as it is; with `vae_steps=0` its latent scaling factor is kept,
     otherwise the ControlNet and the tiny VAE would no longer match the latents). Its training.json
     is kept in the new one under "previous"."""
+    import numpy as np
     import torch
 
     from .datasets.shapes import CLASS_NAMES, load_shapes
@@ -233,6 +238,7 @@ def _fit(module, steps: int, lr: float, config: TrainingConfig, rng: np.random.G
          loss_of: Callable[[np.ndarray], Any], progress: bool) -> list[list[float]]:
     """`steps` AdamW steps on batches drawn without replacement (a new permutation per epoch);
     returns [step, mean loss of the last 50 steps] every 50 steps and at the end."""
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
@@ -286,6 +292,8 @@ def _prompt_embeddings(components, prompts: list[str]):
 
 def _conditioning(text, labels: np.ndarray, dropout: float, rng: np.random.Generator):
     """Each label's prompt embedding, replaced by the empty prompt's (the last row) with probability `dropout`."""
+    import numpy as np
+
     rows = np.where(rng.random(len(labels)) < dropout, len(text) - 1, labels)
     return text[rows]
 
