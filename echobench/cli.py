@@ -57,6 +57,9 @@ EXAMPLES = {
   echobench select shapes --noise instance:0.3 --dataset-option n_train=1000 --engine eager \
       --engine-option model=sd15 --engine-option resolution=32 \
       --engine-option base_model=runs/echomod-shapes/stable-diffusion --engine-option controlnet=runs/echomod-shapes/controlnet""",
+    "eval-echomod": """examples:
+  echobench eval-echomod runs/echomod-shapes                  # does the trained UNet draw the class its prompt names?
+  echobench eval-echomod runs/echomod-shapes --n 1000 --timesteps 200 400 600 800 --json""",
     "doctor": """examples:
   echobench doctor
   echobench doctor --json""",
@@ -252,6 +255,19 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--threads", type=int, help="torch CPU threads (the losses depend on it in the last bits)")
     trainer.add_argument("--json", action="store_true", help="print training.json instead of a summary")
     trainer.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    evaluate = add("eval-echomod", "Prompt accuracy of a model `echobench train-echomod` wrote: classify held-out shapes "
+                                   "images by which class prompt lets its UNet predict the noise best (a diffusion "
+                                   "classifier; chance is one in ten).")
+    evaluate.add_argument("folder", help="a folder `echobench train-echomod` wrote")
+    evaluate.add_argument("--n", type=int, default=256, help="held-out images (default: 256)")
+    evaluate.add_argument("--world-seed", type=int, default=778,
+                          help="the held-out shapes world (default: 778; training uses 777, runs 0)")
+    evaluate.add_argument("--timesteps", type=int, nargs="+", default=[300, 500, 700],
+                          help="noise levels of SD's 1000 whose ε errors are summed (default: 300 500 700)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    evaluate.add_argument("--threads", type=int, help="torch CPU threads")
+    evaluate.add_argument("--json", action="store_true")
 
     doctor = add("doctor", "Show installed extras, devices and cache locations.")
     doctor.add_argument("--json", action="store_true")
@@ -613,6 +629,19 @@ def cmd_train_echomod(args) -> int:
     return 0
 
 
+def cmd_eval_echomod(args) -> int:
+    from .prompt_accuracy import folder_prompt_accuracy, format_prompt_accuracy
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    doc = folder_prompt_accuracy(args.folder, n=args.n, world_seed=args.world_seed, timesteps=args.timesteps,
+                                 seed=args.seed)
+    print(json.dumps(doc, indent=2) if args.json else format_prompt_accuracy(doc))
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import doctor_report, format_doctor
 
@@ -623,7 +652,7 @@ def cmd_doctor(args) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "report": cmd_report, "noise": cmd_noise, "bench": cmd_bench,
             "modify": cmd_modify, "select": cmd_select, "train-echomod": cmd_train_echomod,
-            "doctor": cmd_doctor}
+            "eval-echomod": cmd_eval_echomod, "doctor": cmd_doctor}
 
 
 if __name__ == "__main__":

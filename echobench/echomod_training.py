@@ -95,6 +95,7 @@ class TrainingConfig:
     control_text_dropout: float = 0.5
     canny_low: int = 75
     canny_high: int = 75
+    eval_images: int = 256  # prompt accuracy on this many held-out images after training (0: skip)
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,7 +104,8 @@ class TrainingConfig:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.image_size % 8:
             problems.append(f"image_size must be a multiple of 8 (got {self.image_size})")
-        for name in ("vae_steps", "unet_steps", "controlnet_steps", "tiny_vae_steps", "warmup_steps", "seed", "world_seed"):
+        for name in ("vae_steps", "unet_steps", "controlnet_steps", "tiny_vae_steps", "warmup_steps", "seed", "world_seed",
+                     "eval_images"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         for name in ("text_dropout", "control_text_dropout"):
@@ -208,12 +210,21 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     history["tiny_vae"] = _fit(tiny, config.tiny_vae_steps, config.tiny_vae_lr, config, rng, len(images), "tiny VAE",
                                lambda idx: _distill_loss(tiny, vae, pixels[idx], targets_z[idx], scaling), progress)
     tiny.eval()
+    seconds = round(time.perf_counter() - started, 1)
+    accuracy = None
+    if config.eval_images:
+        from .prompt_accuracy import prompt_accuracy
+
+        accuracy = prompt_accuracy(components, n=config.eval_images, image_size=config.image_size)
+        log(f"prompt accuracy {accuracy['accuracy']:.1%} on {config.eval_images} held-out images "
+            f"(chance {accuracy['chance']:.0%})")
 
     summary = {
         "config": dataclasses.asdict(config),
         "scaling_factor": scaling,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
         "losses": history,
+        "prompt_accuracy": accuracy,
         "parameters": {name: sum(p.numel() for p in module.parameters())
                        for name, module in (("unet", unet), ("controlnet", controlnet), ("vae", vae),
                                             ("text_encoder", components.text_encoder), ("tiny_vae", tiny))},
@@ -337,6 +348,16 @@ def _save(out: Path, components, unet, controlnet, vae, tiny, summary: dict[str,
     tiny.save_pretrained(partial / "tiny-vae")
     (partial / "training.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     partial.rename(out)
+
+
+def total_steps(summary: dict[str, Any]) -> dict[str, int]:
+    """Steps per stage over a folder's whole history: its own and those of the folders it continued."""
+    total = dict.fromkeys(STAGES, 0)
+    while summary:
+        for stage in STAGES:
+            total[stage] += summary["config"][f"{stage}_steps"]
+        summary = summary.get("previous")
+    return total
 
 
 def load_summary(folder: str | os.PathLike) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from echobench.datasets.shapes import CLASS_NAMES
 from echobench.echomod_training import TrainingConfig, train_shapes_echomod
 
 QUICK = TrainingConfig(n_train=64, batch_size=8, vae_steps=3, unet_steps=3, controlnet_steps=3, tiny_vae_steps=3,
-                       warmup_steps=1)
+                       warmup_steps=1, eval_images=8)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,8 @@ def test_the_folder_has_the_checkpoint_layouts_and_the_record(trained):
     vae_config = json.loads((out / "stable-diffusion" / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"]) and summary["scaling_factor"] > 0
     assert not out.with_name(out.name + ".partial").exists()
+    accuracy = record["prompt_accuracy"]
+    assert accuracy["n"] == 8 and 0 <= accuracy["accuracy"] <= 1 and accuracy["chance"] == pytest.approx(0.1)
 
 
 def test_the_controlnet_was_trained_from_zero_convolutions(trained):
@@ -179,8 +181,75 @@ def test_training_continues_from_a_trained_folder(trained, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), part
     a, b = weights(first, "stable-diffusion/unet"), weights(out, "stable-diffusion/unet")
     assert not all(torch.equal(a[k], b[k]) for k in a)
+    from echobench.echomod_training import total_steps
+
+    assert total_steps(again) == {"vae": 3, "unet": 5, "controlnet": 3, "tiny_vae": 3}
 
 
 def test_continuing_needs_a_trained_folder(tmp_path, cli):
     code, _, err = cli("train-echomod", "--out", tmp_path / "new", "--init-from", tmp_path)
     assert code == 2 and "not a trained EchoMod folder" in err and not (tmp_path / "new").exists()
+
+
+# --- eval-echomod: prompt accuracy -----------------------------------------------------------------
+
+class _PromptFollower:
+    """A stand-in UNet that predicts the noise exactly (zero) under one class's prompt and badly under
+    every other prompt, so the diffusion classifier must answer that class for every image."""
+
+    def __init__(self, unet, text, favourite):
+        self.config, self.text, self.favourite = unet.config, text, favourite
+
+    def eval(self):
+        return self
+
+    def __call__(self, noisy, t, encoder_hidden_states):
+        import types
+
+        import torch
+
+        hit = torch.equal(encoder_hidden_states[0], self.text[self.favourite])
+        return types.SimpleNamespace(sample=torch.zeros_like(noisy) if hit else torch.full_like(noisy, 3.0))
+
+
+def test_prompt_accuracy_picks_the_prompt_with_the_smallest_noise_error():
+    import dataclasses
+
+    from echobench.datasets.shapes import load_shapes
+    from echobench.diffusion_models import build_components
+    from echobench.echomod_training import _prompt_embeddings
+    from echobench.prompt_accuracy import prompt_accuracy
+
+    components = build_components("tiny", random_init=True, seed=0)
+    text = _prompt_embeddings(components, [f"a photo of {name}" for name in CLASS_NAMES])
+    fake = dataclasses.replace(components, unet=_PromptFollower(components.unet, text, favourite=3))
+    doc = prompt_accuracy(fake, n=40, world_seed=5, timesteps=(200, 600))
+    labels = np.asarray(load_shapes(n_train=40, n_test=1, seed=5).train_labels)
+    assert doc["accuracy"] == pytest.approx((labels == 3).mean()) and 0 < doc["accuracy"] < 1
+    assert doc["accuracy_by_class"]["square"] == 1.0
+    assert all(a == 0.0 for name, a in doc["accuracy_by_class"].items() if name != "square" and a is not None)
+    assert doc["accuracy_by_timestep"] == {"200": doc["accuracy"], "600": doc["accuracy"]}
+    # the right prompt's error is 1 (ε²) for squares and 10 (ε² + 9) for the rest; the empty prompt's always 10
+    assert doc["mse_right"] == pytest.approx(1 + 9 * (labels != 3).mean(), rel=0.05)
+    assert doc["mse_empty"] == pytest.approx(10, rel=0.05) and doc["text_gain"] > 0
+
+
+def test_eval_echomod_measures_a_trained_folder(trained, cli):
+    out, _ = trained
+    code, text, _ = cli("eval-echomod", out, "--n", "12", "--timesteps", "100", "900", "--json")
+    assert code == 0
+    doc = json.loads(text)
+    assert doc["trained_steps"] == {"vae": 3, "unet": 3, "controlnet": 3, "tiny_vae": 3}
+    assert doc["n"] == 12 and list(doc["accuracy_by_timestep"]) == ["100", "900"] and 0 <= doc["accuracy"] <= 1
+    assert doc["mse_right"] > 0 and doc["mse_empty"] > 0
+    code, again, _ = cli("eval-echomod", out, "--n", "12", "--timesteps", "100", "900", "--json")
+    assert json.loads(again) == doc  # the same noise for the same seed
+    code, summary, _ = cli("eval-echomod", out, "--n", "12")
+    assert code == 0 and "prompt accuracy" in summary and "chance 10.0%" in summary
+
+
+@pytest.mark.parametrize("args, fragment", [(["--n", "0"], "at least one image"),
+                                            (["--timesteps", "1000"], "timesteps must lie in [0, 1000)")])
+def test_bad_evaluation_options_are_user_errors(trained, args, fragment, cli):
+    code, _, err = cli("eval-echomod", trained[0], *args)
+    assert code == 2 and fragment in err and "Traceback" not in err
