@@ -210,7 +210,8 @@ def load_components(config: DiffusionConfig, device: str, dtype):
                  lambda: diffusers.UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights))
     vae = _load("VAE", base, lambda: diffusers.AutoencoderKL.from_pretrained(base, subfolder="vae", **weights))
     # transformers renamed torch_dtype → dtype; casting after loading works with every version.
-    text_encoder = _load("text encoder", base, lambda: CLIPTextModel.from_pretrained(base, subfolder="text_encoder"))
+    text_encoder = _load("text encoder", base,
+                         lambda: _without_progress_bar(lambda: CLIPTextModel.from_pretrained(base, subfolder="text_encoder")))
     text_encoder = text_encoder.to(dtype=dtype)
     tokenizer = _load("tokenizer", base, lambda: CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"))
     _check_tokenizer(tokenizer, base)
@@ -262,6 +263,20 @@ def _load(what: str, ident: str, load: Callable[[], Any]) -> Any:
     except (OSError, HFValidationError) as error:  # hub errors are OSError subclasses
         lines = str(error).strip().splitlines()
         raise _missing_checkpoint(what, ident, lines[0] if lines else type(error).__name__) from error
+
+
+def _without_progress_bar(load: Callable[[], Any]) -> Any:
+    """`load()` without transformers' per-tensor "Loading weights" bar: it would print one bar per
+    model load into every EchoMod run's output; the other modules load silently too."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def _missing_checkpoint(what: str, ident: str, reason: str) -> EchobenchError:
