@@ -33,12 +33,13 @@ tiny VAE) and 5e-4 (UNet, ControlNet) with a linear warm-up of 100 steps, instea
 1e-4/1e-5; no EMA of the weights. Everything is deterministic on the CPU for a given seed and
 thread count: `np.random.Generator`s choose the batches, torch generators the noise.
 
-How good the model is. At the defaults (2,645 s on 2 CPU cores) it follows the canny edges, but it
-does not draw a class's shape from the prompt: with the UNet alone it shows the prompted class on
-4% of images, and EchoSelect is at chance on its pairs (AUROC 0.518; 0.560 after 3,000 more UNet
-steps with `init_from`; reports/approx-shapes/). That
-is enough to exercise the diffusion engines end to end on `shapes` and to time approximate
-settings. It is not enough to measure their effect on selection; that needs many more steps.
+How good the model is (reports/approx-shapes/). At the defaults (2,645 s on 2 CPU cores) it follows
+the canny edges, but it hardly draws a class's shape from the prompt: its prompt accuracy (a
+diffusion classifier, `echobench.prompt_accuracy`, recorded in training.json) is 19.1% against 10%
+chance, and EchoSelect is at chance on its pairs (AUROC 0.518). Continued with `init_from` to 5,000
+and 10,000 UNet steps, the prompt accuracy is 34.8% and 67.2%, and EchoSelect's AUROC 0.560 and
+0.574. That is enough to exercise the diffusion engines end to end on `shapes` and to time
+approximate settings; measuring their effect on selection needs a model trained further still.
 
 The output folder has the layouts the real checkpoints use, so EchoMod loads it with the sd15 route
 (local folders as `base_model` and `controlnet`, `resolution=32`), and `vae=` points at the tiny VAE:
