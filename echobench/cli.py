@@ -259,12 +259,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = add("eval-echomod", "Prompt accuracy of a model `echobench train-echomod` wrote: classify held-out shapes "
                                    "images by which class prompt lets its UNet predict the noise best (a diffusion "
                                    "classifier; chance is one in ten).")
+    from .prompt_accuracy import DEFAULT_N, DEFAULT_TIMESTEPS, DEFAULT_WORLD_SEED
+
     evaluate.add_argument("folder", help="a folder `echobench train-echomod` wrote")
-    evaluate.add_argument("--n", type=int, default=256, help="held-out images (default: 256)")
-    evaluate.add_argument("--world-seed", type=int, default=778,
-                          help="the held-out shapes world (default: 778; training uses 777, runs 0)")
-    evaluate.add_argument("--timesteps", type=int, nargs="+", default=[300, 500, 700],
-                          help="noise levels of SD's 1000 whose ε errors are summed (default: 300 500 700)")
+    evaluate.add_argument("--n", type=int, default=DEFAULT_N, help=f"held-out images (default: {DEFAULT_N})")
+    evaluate.add_argument("--world-seed", type=int, default=DEFAULT_WORLD_SEED,
+                          help=f"the held-out shapes world (default: {DEFAULT_WORLD_SEED}; training uses 777, runs 0)")
+    evaluate.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS),
+                          help="noise levels of SD's 1000 whose ε errors are summed (default: "
+                               f"{' '.join(map(str, DEFAULT_TIMESTEPS))})")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     evaluate.add_argument("--threads", type=int, help="torch CPU threads")
     evaluate.add_argument("--json", action="store_true")
