@@ -640,7 +640,7 @@ def cmd_eval_echomod(args) -> int:
 
         torch.set_num_threads(args.threads)
     doc = folder_prompt_accuracy(args.folder, n=args.n, world_seed=args.world_seed, timesteps=args.timesteps,
-                                 seed=args.seed)
+                                 seed=args.seed, progress=True)
     print(json.dumps(doc, indent=2) if args.json else format_prompt_accuracy(doc))
     return 0
 

@@ -33,18 +33,20 @@ DEFAULT_WORLD_SEED = 778  # a world of its own: training uses 777, the runs 0
 DEFAULT_TIMESTEPS = (300, 500, 700)
 
 
-def prompt_accuracy(components, *, n: int = DEFAULT_N, world_seed: int = DEFAULT_WORLD_SEED, timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-                    seed: int = 0, image_size: int = 32, batch_size: int = 64,
-                    prompt_template: str = "a photo of {}") -> dict[str, Any]:
+def prompt_accuracy(components, *, n: int = DEFAULT_N, world_seed: int = DEFAULT_WORLD_SEED,
+                    timesteps: Sequence[int] = DEFAULT_TIMESTEPS, seed: int = 0, image_size: int = 32,
+                    batch_size: int = 64, prompt_template: str = "a photo of {}",
+                    progress: bool = False) -> dict[str, Any]:
     """The diffusion-classifier accuracy of `components` (unet, vae, text_encoder, tokenizer,
     scheduler; float32 on the CPU) on `n` images of `shapes` world `world_seed`.
 
     Returns: accuracy (argmin of the ε error summed over `timesteps`), accuracy per timestep and per
     class, chance, and the mean ε MSE with the right prompt, a wrong one (each other class, averaged)
     and the empty prompt; `text_gain` = 1 − right / empty is the share of the ε error the prompt
-    removes."""
+    removes. `progress`: a bar over the images, with rate and ETA, on stderr."""
     import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
     from .datasets.shapes import CLASS_NAMES, load_shapes
     from .echomod_training import _prompt_embeddings
@@ -64,6 +66,7 @@ def prompt_accuracy(components, *, n: int = DEFAULT_N, world_seed: int = DEFAULT
     unet, vae, scheduler = components.unet.eval(), components.vae.eval(), components.scheduler
     generator = torch.Generator().manual_seed(seed)
     errors = torch.zeros(len(timesteps), n, classes + 1)  # ε MSE per timestep, image and prompt (last: empty)
+    bar = tqdm(total=n, desc="prompt accuracy", unit="img", disable=not progress)
     with torch.no_grad():
         for start in range(0, n, batch_size):
             part = slice(start, min(n, start + batch_size))
@@ -75,6 +78,8 @@ def prompt_accuracy(components, *, n: int = DEFAULT_N, world_seed: int = DEFAULT
                 for c in range(classes + 1):
                     prediction = unet(noisy, step, encoder_hidden_states=text[c].expand(len(latents), -1, -1)).sample
                     errors[i, part, c] = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+            bar.update(len(latents))
+    bar.close()
     class_errors = errors[..., :classes]
     predicted = class_errors.sum(0).argmin(1).numpy()
     right = class_errors.gather(2, torch.from_numpy(labels)[None, :, None].expand(len(timesteps), n, 1)).squeeze(2)
