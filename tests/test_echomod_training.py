@@ -124,6 +124,48 @@ def test_bench_approx_compares_variants_on_the_same_pairs(cli, tmp_path):
     assert fewer["mean_abs_delta_s"] > 0 and smaller["mean_abs_delta_s"] > 0
     assert all(r["n"] == doc["n"] and r["tau"] == 0.5 for r in doc["rows"])
     assert all(r["seconds_per_image"] > 0 for r in doc["rows"])
+    assert list(doc["paired"]["rows"]) == ["steps=1", "steps=1,resolution=16"]
+    assert doc["paired"]["rows"]["steps=1"]["auroc"]["delta"] == pytest.approx(fewer["auroc"] - exact["auroc"])
+    assert len(doc["samples"]["is_clean"]) == doc["n"] and set(doc["samples"]["similarity"]) == set(
+        r["variant"] for r in doc["rows"])
+    from echobench.bench_approx import paired_differences
+
+    same = json.dumps(paired_differences(doc), sort_keys=True) == json.dumps(doc["paired"], sort_keys=True)
+    assert same  # the JSON alone reproduces the intervals (compared as text: NaN != NaN)
+    assert "paired-bootstrap interval" in stdout
+
+
+def _approx_doc(exact, variant, is_clean, tau=0.5, seed=0):
+    return {"seed": seed, "tau": tau, "params": {"strict": False},
+            "samples": {"is_clean": list(is_clean), "similarity": {"exact": list(exact), "v": list(variant)}}}
+
+
+def test_paired_differences_are_zero_for_an_identical_variant():
+    from echobench.bench_approx import paired_differences
+
+    rng = np.random.default_rng(0)
+    is_clean = rng.random(200) < 0.7
+    s = np.where(is_clean, 0.6, 0.4) + rng.normal(0, 0.2, 200)
+    got = paired_differences(_approx_doc(s, s, is_clean), resamples=200)["rows"]["v"]
+    assert all(d == {"delta": 0.0, "low": 0.0, "high": 0.0} for d in got.values())
+
+
+def test_paired_differences_see_a_small_shift_that_one_auroc_cannot():
+    """Lowering the noisy samples' S by a little raises AUROC by far less than its own standard error
+    (≈ 0.02 here), yet the paired interval lies above zero; another seed draws other resamples."""
+    from echobench.bench_approx import paired_differences
+
+    rng = np.random.default_rng(1)
+    is_clean = rng.random(900) < 0.7
+    s = np.where(is_clean, 0.55, 0.45) + rng.normal(0, 0.2, 900)
+    better = s - np.where(is_clean, 0.0, 0.005)
+    got = paired_differences(_approx_doc(s, better, is_clean), resamples=500)
+    d = got["rows"]["v"]["auroc"]
+    assert 0 < d["low"] <= d["delta"] <= d["high"] < 0.01
+    assert got == paired_differences(_approx_doc(s, better, is_clean), resamples=500)  # reproducible
+    assert got != paired_differences(_approx_doc(s, better, is_clean, seed=5), resamples=500)
+    with pytest.raises(Exception, match="resamples >= 1"):
+        paired_differences(_approx_doc(s, better, is_clean), resamples=0)
 
 
 def test_precision_at_k_ranks_by_similarity():
