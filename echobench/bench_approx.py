@@ -135,22 +135,23 @@ def paired_differences(doc: dict[str, Any], *, resamples: int = BOOTSTRAP_RESAMP
 
     rng = numpy_rng(int(doc["seed"]), "bench-approx-bootstrap")
     n = len(is_clean)
-    draws = [rng.integers(0, n, size=n) for _ in range(resamples)]
-    everything = np.arange(n)
-    base = stats(everything, exact)
-    base_draws = np.array([stats(idx, exact) for idx in draws])
+    draws = [np.arange(n), *(rng.integers(0, n, size=n) for _ in range(resamples))]  # the sample itself first
+
+    def on_draws(s: np.ndarray) -> np.ndarray:
+        return np.array([stats(idx, s) for idx in draws])
+
+    exact_stats = on_draws(exact)
     alpha = (1 - level) / 2
     out: dict[str, Any] = {"resamples": resamples, "level": level, "stream": "bench-approx-bootstrap", "rows": {}}
     for name, s in rows.items():
         if name == EXACT:
             continue
-        delta = stats(everything, s) - base
-        boot = np.array([stats(idx, s) for idx in draws]) - base_draws
+        delta = on_draws(s) - exact_stats
         entry = {}
         for j, key in enumerate(("auroc", "precision", "precision_at_exact_k")):
-            finite = boot[:, j][np.isfinite(boot[:, j])]
+            finite = delta[1:, j][np.isfinite(delta[1:, j])]
             low, high = (np.quantile(finite, [alpha, 1 - alpha]) if len(finite) else (float("nan"),) * 2)
-            entry[key] = {"delta": float(delta[j]), "low": float(low), "high": float(high)}
+            entry[key] = {"delta": float(delta[0, j]), "low": float(low), "high": float(high)}
         out["rows"][name] = entry
     return out
 
