@@ -101,6 +101,7 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
     import torch
     from PIL import Image
 
+    from engines.base import unfuse_qkv_projections
     from engines.shapes import StepShapes
 
     from .diffusion_models import build_components, default_resolution
@@ -171,10 +172,11 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
             continue
         for bs, (images, labels, seeds) in inputs.items():
             try:
-                # Rows share the modules, and engines that use channels_last convert them in place:
-                # every row starts from the layout the reference row ran with.
+                # Rows share the modules, and engines convert them in place (channels_last, fused
+                # attention projections): every row starts from the modules the reference row ran with.
                 for module in (components.unet, components.controlnet, components.vae):
                     module.to(memory_format=torch.contiguous_format)
+                unfuse_qkv_projections(components)
                 shapes = StepShapes.for_components(components, resolution, bs, settings.guidance_scale > 1)
                 built = time.perf_counter()
                 engine = make_engine(engine_name, device, "auto", shapes=shapes, options=options)

@@ -96,3 +96,35 @@ class DenoiserEngine(abc.ABC):
     def close(self) -> None:
         """Release what `load` built; the engine cannot be used afterwards."""
         self.components = None
+
+
+
+def fuse_qkv_projections(components: Components) -> None:
+    """One projection matmul per attention layer in the UNet and ControlNet instead of three (query,
+    key, value of self-attention) or two (key, value of cross-attention), with diffusers'
+    `FusedAttnProcessor2_0`: the fused projections of the "Accelerate inference of text-to-image
+    diffusion models" tutorial. The math is the same; the concatenated weight changes the matmul
+    shapes, so the rounding differs. In place, like channels_last; `unfuse_qkv_projections` undoes it.
+
+    This is `UNet2DConditionModel.fuse_qkv_projections()` applied to both networks: diffusers 0.42's
+    `ControlNetModel.fuse_qkv_projections()` only fuses attention modules of its newer kind, which
+    SD 1.5's ControlNet does not use, so it would leave the ControlNet's layers as they were."""
+    from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+
+    for module in (components.unet, components.controlnet):
+        if getattr(module, "original_attn_processors", None) is None:  # fusing twice keeps the first originals
+            module.original_attn_processors = module.attn_processors
+        for layer in module.modules():
+            if isinstance(layer, Attention):
+                layer.fuse_projections(fuse=True)
+        module.set_attn_processor(FusedAttnProcessor2_0())
+
+
+def unfuse_qkv_projections(components: Components) -> None:
+    """Give the UNet and ControlNet back the attention processors they had before
+    `fuse_qkv_projections` (a no-op for modules that were never fused)."""
+    for module in (components.unet, components.controlnet):
+        originals = getattr(module, "original_attn_processors", None)
+        if originals is not None:
+            module.set_attn_processor(originals)
+            module.original_attn_processors = None

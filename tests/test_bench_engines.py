@@ -63,6 +63,26 @@ def test_bench_engines_out_is_written_as_it_goes(monkeypatch, tmp_path):
     assert seen[-1] == (True, ["diffusers-pipeline", "eager"]) and doc["complete"]
 
 
+def test_a_row_that_fuses_attention_leaves_the_next_row_unfused(monkeypatch):
+    """Rows share the modules and fuse_qkv changes them in place: each row must start unfused."""
+    pytest.importorskip("diffusers")
+    from echobench.bench_engines import bench_engines
+    from engines.eager.engine import EagerEngine
+
+    seen = []
+    original = EagerEngine.load
+
+    def spy(self, components):
+        seen.append({type(p).__name__ for p in components.controlnet.attn_processors.values()})
+        return original(self, components)
+
+    monkeypatch.setattr(EagerEngine, "load", spy)
+    rows = ("eager[fuse_qkv=true]", "eager")
+    doc = bench_engines(engines=rows, batch_sizes=(1,), steps=2)
+    assert seen == [{"AttnProcessor2_0"}, {"AttnProcessor2_0"}]
+    assert all(doc["rows"][row]["1"]["parity_max_abs"] < 1e-5 for row in rows)
+
+
 def test_bench_engines_with_an_approximate_tiny_vae(cli, tmp_path):
     """--vae swaps the decoder of every row, the stock pipeline's included (as diffusers' documentation
     does with `pipe.vae = AutoencoderTiny...`): the rows still agree with each other."""

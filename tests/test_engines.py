@@ -174,6 +174,24 @@ def test_compile_options_are_checked():
     assert CompileConfig().resolve("cpu").vae is False and CompileConfig(vae=True).resolve("cpu").vae is True
 
 
+@pytest.mark.parametrize("engine, options", [("eager", {}), ("compile", {"backend": "aot_eager"})])
+def test_fused_attention_projections_match_eager(engine, options, reference):
+    """fuse_qkv=true: one projection matmul per attention layer, on modules of their own (the engine
+    fuses in place); unfusing gives the modules back their own attention processors."""
+    from engines.base import unfuse_qkv_projections
+
+    own = tiny_components(0)
+    before = {name: type(p).__name__ for net in (own.unet, own.controlnet) for name, p in net.attn_processors.items()}
+    fused = modifier(engine, own, fuse_qkv="true", **options)
+    assert fused.config()["engine_config"]["fuse_qkv"] is True
+    check_parity(fused, reference)
+    assert {type(p).__name__ for p in own.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
+    assert {type(p).__name__ for p in own.controlnet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
+    unfuse_qkv_projections(own)
+    assert {name: type(p).__name__ for net in (own.unet, own.controlnet) for name, p in net.attn_processors.items()} == before
+    assert "fuse_qkv" not in modifier("eager", own).config()["engine_config"]  # older cache keys stay valid
+
+
 @pytest.mark.slow
 def test_compile_with_inductor_matches_eager(components, reference):
     """The default CPU backend; ≈ 100 s to compile on one thread with an empty inductor cache."""
@@ -370,7 +388,8 @@ def test_tensorrt_plan_cache_keys(components, tmp_path):
 def test_engines_are_registered_with_their_options():
     assert {"eager", "compile", "onnxruntime", "tensorrt"} <= set(ENGINES.names())
     assert engine_option_defaults("compile") == {"backend": "inductor", "mode": "auto", "fullgraph": True,
-                                                 "channels_last": None, "vae": None, "inductor_flags": "default"}
+                                                 "channels_last": None, "vae": None, "inductor_flags": "default",
+                                                 "fuse_qkv": False}
     assert set(engine_option_defaults("onnxruntime")) == {"provider", "exporter", "opset", "threads", "cache_dir"}
     assert "fp16" in engine_option_defaults("tensorrt")
     with pytest.raises(EchobenchError, match="Did you mean 'backend'"):

@@ -10,7 +10,8 @@ the tolerances here are looser and stated per check:
   convolutions, which cuDNN allows by default, round the same in both).
 - float16 on the GPU against float32 on the CPU, one denoising step: within HALF_NOISE_ATOL = 2e-2 of
   noise predictions of magnitude ≈ 1 (about 40 float16 rounding steps).
-- compile (inductor with CUDA graphs, the GPU default) and the GPU providers against eager, both float16:
+- compile (inductor with CUDA graphs, the GPU default), eager with fused attention projections and the
+  GPU providers against eager, all float16:
   one step within HALF_NOISE_ATOL; 20-step images within HALF_PIXEL_ATOL = 5e-2 at worst and
   HALF_PIXEL_MEAN = 5e-3 on average ([0, 1] pixels: one uint8 level is 3.9e-3).
 
@@ -150,6 +151,13 @@ def test_compile_with_cuda_graphs_matches_eager(half_reference, record_property,
     check_half(compiled, half_reference, record_property)
     images, labels, seeds = inputs(3)  # batches of 2 and 1 (padded): the same graph, no recompile
     assert compiled.generate(images, labels, seeds).shape == images.shape
+
+
+def test_fused_attention_projections_match_eager(half_reference, record_property):
+    """fuse_qkv=true in float16, on modules of its own (the engine fuses them in place)."""
+    fused = modifier("eager", components("float16"), "float16", fuse_qkv="true")
+    check_half(fused, half_reference, record_property)
+    assert {type(p).__name__ for p in fused.components.controlnet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
 
 
 def test_onnxruntime_gpu_provider_matches_eager(half_reference, record_property, tmp_path):

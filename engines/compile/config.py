@@ -18,6 +18,9 @@ tutorial; both leave the math unchanged (only kernel choice and rounding differ)
   applied only while this engine compiles. Coordinate-descent tuning benchmarks each kernel's launch
   parameters, so compiling takes longer. Off by default: it was not faster.
 
+A third, `fuse_qkv` (the tutorial's fused attention projections, `engines.base.fuse_qkv_projections`),
+is off by default: it has not been timed on a GPU yet.
+
 Measured in one run on an H200 (sd15 random init, float16, 512², batch 16, 20 steps, CFG;
 reports/gpu/tuned/): stock pipeline 5.02 images/s; compile 7.03; compile[vae=true] 7.52;
 compile[vae=true,inductor_flags=diffusers] 7.41.
@@ -50,6 +53,7 @@ class CompileConfig:
     channels_last: bool | None = None
     vae: bool | None = None
     inductor_flags: str = "default"
+    fuse_qkv: bool = False
 
     def __post_init__(self) -> None:
         if self.inductor_flags not in INDUCTOR_FLAGS:
@@ -75,7 +79,8 @@ class CompileConfig:
                                  f"(device is {device!r}); use mode=default or auto")
         channels_last = gpu if self.channels_last is None else bool(self.channels_last)
         return CompileConfig(backend=self.backend, mode=mode, fullgraph=self.fullgraph, channels_last=channels_last,
-                             vae=gpu if self.vae is None else bool(self.vae), inductor_flags=self.inductor_flags)
+                             vae=gpu if self.vae is None else bool(self.vae), inductor_flags=self.inductor_flags,
+                             fuse_qkv=bool(self.fuse_qkv))
 
     @property
     def cuda_graphs(self) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from echobench.errors import EchobenchError
-from engines.base import Components, DenoiserEngine
+from engines.base import Components, DenoiserEngine, fuse_qkv_projections
 from engines.fused import FusedControlNetUNet, example_inputs, pad_rows, step_inputs
 from engines.shapes import BATCHED_INPUTS, INPUT_NAMES, StepShapes, check_rows
 
@@ -56,6 +56,8 @@ class CompileEngine(DenoiserEngine):
         if s.channels_last:
             for module in (components.unet, components.controlnet, components.vae):
                 module.to(memory_format=torch.channels_last)
+        if s.fuse_qkv:
+            fuse_qkv_projections(components)
         self.components = components
         fused = FusedControlNetUNet(components.controlnet, components.unet).eval()
         options = {"mode": s.mode} if s.backend == "inductor" else {}
@@ -116,6 +118,8 @@ class CompileEngine(DenoiserEngine):
         extra = {"vae": True} if s.vae else {}  # only when set: older cache keys stay valid
         if s.inductor_flags != "default":
             extra["inductor_flags"] = s.inductor_flags
+        if s.fuse_qkv:
+            extra["fuse_qkv"] = True
         return {"name": self.name, "backend": s.backend, "mode": s.mode, "fullgraph": s.fullgraph,
                 "channels_last": bool(s.channels_last), **extra}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Components, DenoiserEngine
+from engines.base import Components, DenoiserEngine, fuse_qkv_projections
 
 from .config import EagerConfig
 
@@ -32,6 +32,8 @@ class EagerEngine(DenoiserEngine):
             # Only the convolution-heavy networks of the hot loop and the decoder benefit.
             for module in (components.unet, components.controlnet, components.vae):
                 module.to(memory_format=torch.channels_last)
+        if self.settings.fuse_qkv:
+            fuse_qkv_projections(components)
         self.components = components
 
     @torch.inference_mode()
@@ -51,4 +53,5 @@ class EagerEngine(DenoiserEngine):
 
     def config(self) -> dict[str, Any]:
         # The dtype is reported by EchoMod from the loaded modules; the layout can change kernels.
-        return {"name": self.name, "channels_last": bool(self.settings.channels_last)}
+        extra = {"fuse_qkv": True} if self.settings.fuse_qkv else {}  # only when set: older cache keys stay valid
+        return {"name": self.name, "channels_last": bool(self.settings.channels_last), **extra}
