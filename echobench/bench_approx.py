@@ -14,8 +14,8 @@ noisy labels and per-sample seeds, and reports for every row:
   ranking from a shift of S against a fixed τ;
 - agreement with the exact row: share of samples with the same keep/replace decision, mean |ΔS|;
 - each variant minus the exact row, for AUROC, precision at τ and precision@k, with a 95% interval
-  from a paired bootstrap (`paired_differences`): the same resampled samples score both rows, so the
-  interval reflects how much the variant moves these samples' S, not the spread of the sample;
+  from a paired bootstrap (`paired_differences`): the same resampled samples score both rows, so
+  what varies from sample to sample in both rows alike cancels out of the difference;
 - on `shapes` only, whether EchoMod did its job: the share of modified images that show the class of
   their (noisy) label, read by the procedural engine's scene recovery (`engines/procedural`; it
   reads 86.2% of world 0's 1,000 original training images as their clean class),
