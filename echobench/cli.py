@@ -223,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     approx = bench_sub.add_parser(
         "approx", help="EchoSelect after exact and approximate EchoMod (fewer steps, lower resolution, a tiny VAE) on "
                        "the same setting and seeds: speedup, precision, recall, AUROC, agreement with exact, and "
-                       "each variant minus exact with a paired-bootstrap 95% interval",
+                       "each variant minus exact with a paired-bootstrap 95%% interval",
         epilog="""examples:
   echobench bench approx shapes --noise instance:0.3 --dataset-option n_train=1000 --dataset-option n_test=200 \\
       --engine eager --engine-option model=sd15 --engine-option resolution=32 \\

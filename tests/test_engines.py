@@ -144,14 +144,17 @@ def compile_modifier(components):
     return modifier("compile", components, backend="aot_eager")
 
 
-def test_compile_matches_eager_without_recompiling(compile_modifier, reference, monkeypatch):
-    """A padded last batch must reuse the one compiled graph: recompiling is made an error."""
+def test_compile_matches_eager_without_recompiling(compile_modifier, reference):
+    """A padded last batch must reuse the one compiled graph: recompiling is made an error.
+
+    `config.patch`, not pytest's monkeypatch: torch keeps config overrides in context variables, and
+    a monkeypatched value, once restored, makes dynamo's next recompile (another test's) fail to read it."""
     assert compile_modifier.engine.build_info["rows"] == 4
     assert compile_modifier.config()["engine_config"]["mode"] == "default"
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    check_parity(compile_modifier, reference)
-    images, labels, seeds = inputs(3)
-    out = compile_modifier.generate(images, labels, seeds)  # batches of 2 and 1 (padded)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        check_parity(compile_modifier, reference)
+        images, labels, seeds = inputs(3)
+        out = compile_modifier.generate(images, labels, seeds)  # batches of 2 and 1 (padded)
     assert out.shape == images.shape and out.dtype == np.uint8
 
 

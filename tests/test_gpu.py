@@ -141,16 +141,16 @@ def test_eager_runs_in_half_precision_on_the_gpu(half_reference):
     assert eager.config()["engine_config"]["channels_last"] is True
 
 
-def test_compile_with_cuda_graphs_matches_eager(half_reference, record_property, monkeypatch):
+def test_compile_with_cuda_graphs_matches_eager(half_reference, record_property):
     compiled = modifier("compile", half_reference["components"], "float16")
     config = compiled.config()["engine_config"]
     assert config["mode"] == "reduce-overhead" and config["backend"] == "inductor"  # CUDA graphs
     assert config["vae"] is True  # the decode is compiled too on a GPU
     record_property("compile_seconds", compiled.engine.build_info.get("compile_seconds"))
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    check_half(compiled, half_reference, record_property)
-    images, labels, seeds = inputs(3)  # batches of 2 and 1 (padded): the same graph, no recompile
-    assert compiled.generate(images, labels, seeds).shape == images.shape
+    with torch._dynamo.config.patch(error_on_recompile=True):  # not monkeypatch: see tests/test_engines.py
+        check_half(compiled, half_reference, record_property)
+        images, labels, seeds = inputs(3)  # batches of 2 and 1 (padded): the same graph, no recompile
+        assert compiled.generate(images, labels, seeds).shape == images.shape
 
 
 def test_fused_attention_projections_match_eager(half_reference, record_property):
