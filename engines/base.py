@@ -15,7 +15,8 @@ connections while predicting the noise. TensorRT's diffusion demo fuses the two 
 graph with the same inputs, which is why `denoise` takes them all at once.
 
 This module imports no framework: tensors are whatever the engine works with (torch tensors for the
-engines shipped here), so an engine can be written without touching EchoMod.
+engines shipped here), so an engine can be written without touching EchoMod. The two helpers at the
+end, for engines that run the diffusers modules themselves, import diffusers when called.
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ class DenoiserEngine(abc.ABC):
     def close(self) -> None:
         """Release what `load` built; the engine cannot be used afterwards."""
         self.components = None
-
 
 
 def fuse_qkv_projections(components: Components) -> None:
