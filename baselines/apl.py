@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import SingleNetworkMethod, register_method, uses_cifar100_defaults
+from echobench.training.method import SingleNetworkMethod, register_method, uses_cifar100_defaults
 
 
 RCE_PROB_FLOOR = 1e-7  # clamp(p, 1e-7, 1) in the official RCE

@@ -28,7 +28,7 @@ which, and this choice is a judgement.
 Deliberate deviations:
 - `aul_loss`, `agce_loss`, `ael_loss` take p_y = exp(log_softmax) at the target instead of the
   official softmax · one-hot sum; same value without building the one-hot.
-- NCE is `baselines.apl.nce_loss` (same formula as ALFs' `NCELoss`).
+- NCE is `echobench.baselines.apl.nce_loss` (same formula as ALFs' `NCELoss`).
 - Network, optimizer and schedule are the common protocol's, not the repository's (CIFAR-10: CNN,
   SGD lr 0.01, cosine over 120 epochs; CIFAR-100: ResNet-34, SGD lr 0.1, cosine over 200 epochs).
 """
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from baselines.apl import nce_loss
+from echobench.baselines.apl import nce_loss
 from echobench.errors import EchobenchError
-from echobench.methods import SingleNetworkMethod, register_method, uses_cifar100_defaults
+from echobench.training.method import SingleNetworkMethod, register_method, uses_cifar100_defaults
 
 VARIANTS = ("aul", "nce_aul")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from echobench.methods import SingleNetworkMethod, register_method
+from echobench.training.method import SingleNetworkMethod, register_method
 
 
 def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import SingleNetworkMethod, register_method, uses_cifar100_defaults
+from echobench.training.method import SingleNetworkMethod, register_method, uses_cifar100_defaults
 
 OFFICIAL_NORM_EPS = 1e-7  # added to the norm in the official code
 

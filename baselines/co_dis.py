@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from echobench.methods import register_method
+from echobench.training.method import register_method
 
-from .two_networks import TwoNetworkMethod, mean_over, num_remember, small_loss_order
+from echobench.baselines.two_networks import TwoNetworkMethod, mean_over, num_remember, small_loss_order
 
 _LOG2 = math.log(2.0)
 

@@ -2,7 +2,7 @@
 
 Two networks see the same batches; each ranks the batch by its own cross-entropy and keeps the
 (1 − τ_t) smallest-loss fraction, and its PEER is trained on that selection. τ_t follows
-`baselines.two_networks.forget_rate_schedule` (τ = the noise rate, T_k = 10, c = 1).
+`echobench.baselines.two_networks.forget_rate_schedule` (τ = the noise rate, T_k = 10, c = 1).
 
 By default the method runs under the task's protocol (the paper's common one). This module also
 provides Co-teaching's original protocol: `CO_TEACHING_PROTOCOL` (Adam lr 0.001, batch 128, 200
@@ -32,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from echobench.methods import register_method, uses_cifar100_defaults
-from echobench.protocols import Protocol
+from echobench.training.method import register_method, uses_cifar100_defaults
+from echobench.training.protocols import Protocol
 
-from .two_networks import CO_TEACHING_PROTOCOL_NAME, TwoNetworkMethod, mean_over, num_remember, small_loss_order
+from echobench.baselines.two_networks import CO_TEACHING_PROTOCOL_NAME, TwoNetworkMethod, mean_over, num_remember, small_loss_order
 
 # Co-teaching's original training protocol (bhanML/Co-teaching `main.py`): Adam (β 0.9, 0.999, no weight
 # decay) lr 0.001, batch 128, 200 epochs (`--n_epoch`), `transforms.ToTensor()` only (no crop, no

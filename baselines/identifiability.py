@@ -75,10 +75,10 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.knn import knn
-from echobench.methods import Method, Passes, register_method
+from echobench.training.knn import knn
+from echobench.training.method import Method, Passes, register_method
 
-from .stages import ce_warmup_keep_best, scaled_epochs, scaled_milestones
+from echobench.training.stages import ce_warmup_keep_best, scaled_epochs, scaled_milestones
 
 STAGES = ("warmup", "forward")
 PAPER_LR = 0.1
@@ -97,7 +97,7 @@ def forward_loss(logits: torch.Tensor, targets: torch.Tensor, T: torch.Tensor) -
 
 def nearest_two(features: torch.Tensor) -> torch.Tensor:
     """Indices (N, 2) of each row's nearest and second-nearest other rows by cosine similarity
-    (`echobench.knn`'s chunked torch backend: the official code's full N×N matrix is never built)."""
+    (`echobench.training.knn`'s chunked torch backend: the official code's full N×N matrix is never built)."""
     n = features.shape[0]
     if n < 3:
         raise EchobenchError(f"HOC needs at least 3 samples for two neighbours each, got {n}")

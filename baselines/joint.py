@@ -64,9 +64,9 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import Method, Passes, register_method
+from echobench.training.method import Method, Passes, register_method
 
-from .stages import scaled_epochs, scaled_milestones
+from echobench.training.stages import scaled_epochs, scaled_milestones
 
 STAGES = ("relabel", "retrain")
 PAPER_LR = 0.1

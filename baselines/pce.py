@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import SingleNetworkMethod, register_method, uses_cifar100_defaults
+from echobench.training.method import SingleNetworkMethod, register_method, uses_cifar100_defaults
 
 
 

@@ -69,7 +69,7 @@ is the share of rounds that judged it clean. Deviations:
 - Rounds: ``rounds`` = 5 by default (CPU); rounds use the protocol's pad-crop and flip
   (`trainer.augment`); with ``rounds=1`` the single round is un-augmented (``augment=None`` means
   "augment when rounds > 1").
-- Nearest neighbours by `echobench.knn` (FAISS or chunked torch) instead of the official N×N matrix.
+- Nearest neighbours by `echobench.training.knn` (FAISS or chunked torch) instead of the official N×N matrix.
 
 confident-learning (Northcutt, Jiang & Chuang, JAIR 2021; cleanlab `cleanlab.filter.find_label_issues`):
 out-of-fold predicted probabilities from K = 5 stratified folds (cleanlab's own `estimate_cv_predicted_probabilities`
@@ -93,19 +93,16 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.knn import knn
+from echobench.training.knn import knn
 from echobench.seeding import numpy_rng
-from echobench.selectors import SELECTORS  # lazy entries there; the definitions below resolve them
-from echobench.trainer import augment
-
-from .stages import model_state
+from echobench.training.selectors import SELECTORS  # lazy entries there; the definitions below resolve them
+from echobench.training.trainer import augment, train_epochs
 
 # A selector: fn(task, **params) -> Selection
 
 OFFICIAL_WARMUP_EPOCHS = 10  # BLTM `main.py` (`for epoch in range(0, 10)`); Co-teaching's T_k
 BLTM_RHO = 0.1
 SIMIFEAT_K = 10
-SIMIFEAT_OFFICIAL_ROUNDS = 21
 CLEANLAB_MISSING = ("selector 'confident-learning' needs cleanlab, which is not installed: "
                     "`pip install cleanlab` (or `pip install 'echobench[dev]'`).")
 
@@ -338,30 +335,19 @@ def train_ce(task, epochs: int, *, stream: str, split=None, augment_images: bool
     milestones as they are (the first `epochs` epochs of a protocol run). Nothing is recorded in
     `task.history`.
     """
-    if keep not in ("last", "best_val"):
-        raise EchobenchError(f"keep must be 'last' or 'best_val', got {keep!r}")
     split = task.train if split is None else split
     model = task.new_model(stream)
     optimizer = task.new_optimizer(model.parameters(), lr)
     scheduler = task.new_scheduler(optimizer)
     generator = task.generator(f"{stream}/batches")
-    best, best_epoch, best_state, val_accs = -1.0, epochs, None, []
     started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        task.train_epoch(model, optimizer, generator, lambda logits, y, idx: F.cross_entropy(logits, y),
-                         split=split, augment_images=augment_images)
-        scheduler.step()
-        if keep == "best_val":
-            acc = task.accuracy(model, task.val)
-            val_accs.append(acc)
-            if acc > best:
-                best, best_epoch, best_state = acc, epoch, model_state(model)
-    if best_state is not None and best_epoch != epochs:
-        model.load_state_dict(best_state)
+    run = train_epochs(task, model, optimizer, generator, epochs, split=split, scheduler=scheduler,
+                       augment_images=augment_images, record=False, keep=keep)
     model.eval()
-    info = {"epochs": epochs, "kept_epoch": best_epoch, "augment": augment_images, "seconds": time.perf_counter() - started}
-    if val_accs:
-        info["val_acc"] = val_accs
+    info = {"epochs": epochs, "kept_epoch": run.kept_epoch, "augment": augment_images,
+            "seconds": time.perf_counter() - started}
+    if run.val_accs:
+        info["val_acc"] = run.val_accs
     return model, info
 
 

@@ -41,9 +41,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from echobench.methods import register_method
+from echobench.training.method import register_method
 
-from .two_networks import SampleSelectionMethod, mean_over, num_remember, small_loss_order
+from echobench.baselines.two_networks import SampleSelectionMethod, mean_over, num_remember, small_loss_order
 
 
 def sigua_loss(logits: torch.Tensor, targets: torch.Tensor, *, forget_rate: float, sigua_rate: float,

@@ -70,9 +70,10 @@ import torch
 import torch.nn.functional as F
 
 from echobench.errors import EchobenchError
-from echobench.methods import Method, Passes, register_method, uses_cifar100_defaults
+from echobench.training.method import Method, Passes, register_method, uses_cifar100_defaults
 
-from .stages import ce_warmup_keep_best, model_state, scaled_epochs, scaled_milestones
+from echobench.training.stages import ce_warmup_keep_best, scaled_epochs, scaled_milestones
+from echobench.training.trainer import model_state
 
 STAGES = ("warmup", "reweight", "revision")
 PAPER_LR = 0.1  # the paper protocol's SGD learning rate, the base the official rates are read against

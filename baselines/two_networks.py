@@ -24,7 +24,7 @@ share, as pure functions that tests can call, and the training loop:
   sort; the official `np.argsort` quicksort leaves their order unspecified).
 - `co_teaching_adam_plan(epoch, ...)`: the official Adam schedule (lr linearly to 0 from
   `epoch_decay_start`, β1 0.9 → 0.1 from then on), applied only when the task's protocol is the
-  `co-teaching` protocol (see `baselines.co_teaching.CO_TEACHING_PROTOCOL`); under any other protocol
+  `co-teaching` protocol (see `echobench.baselines.co_teaching.CO_TEACHING_PROTOCOL`); under any other protocol
   the task's own optimizer and MultiStepLR schedule are used, as for every other method.
 - `SampleSelectionMethod.fit`: k networks (1 for SIGUA, 2 otherwise) over the same shuffled batches.
   `TwoNetworkMethod` is the two-network case.
@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from echobench.methods import Method, Passes
+from echobench.training.method import Method, Passes
 
 CO_TEACHING_PROTOCOL_NAME = "co-teaching"
 

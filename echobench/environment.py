@@ -72,7 +72,7 @@ def resolve_device(requested: str = "auto") -> str:
     """'auto' → 'cuda' when a GPU is visible, else 'cpu'; an explicit CUDA device must exist."""
     import torch
 
-    from .errors import EchobenchError
+    from echobench.errors import EchobenchError
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -11,7 +11,7 @@ import difflib
 import importlib
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .errors import EchobenchError
+from echobench.errors import EchobenchError
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ EchoMod (paper §4, Algorithm 1; appendix C) runs Stable Diffusion 1.5 with a ca
 steps per image. Almost all of its compute is the denoising step, repeated `steps` times on the
 doubled classifier-free-guidance batch; the VAE decode runs once per image and the text encoder once
 per class (appendix C, Tables 6/7 measure exactly this loop). Everything else (control images, prompt
-cache, initial latents, the scheduler, guidance) lives in `echobench.echomod_diffusion` and is the
+cache, initial latents, the scheduler, guidance) lives in `echobench.echoalign.diffusion` and is the
 same for every engine, so an engine only decides *how* that step is computed: eagerly with the
 diffusers modules, through torch.compile, ONNX Runtime or TensorRT.
 
@@ -49,6 +49,11 @@ class DenoiserEngine(abc.ABC):
     Life cycle: `load(components)` once, then `denoise` `steps` times per batch and `decode` once per
     batch, then `close()`. EchoMod calls `denoise` and `decode` inside `torch.inference_mode()` for
     torch-based engines; all tensors live on the engine's device in the components' dtype.
+
+    Every engine is constructed the same way, `cls(settings, shapes, device)`: `settings` its
+    `echobench.engines.options.EngineSettings` resolved for `device`, `shapes` the
+    `echobench.engines.step_shapes.StepShapes` of the steps it will run (engines built for fixed
+    shapes require them; the eager engine takes None). Constructing builds nothing; `load` does.
     """
 
     name: str = "base"
@@ -73,7 +78,7 @@ class DenoiserEngine(abc.ABC):
         ControlNet conditioning scale. Returns the UNet's noise prediction for the doubled batch
         (2B, 4, h, w); the caller combines the two halves with the guidance scale.
 
-        Engines built ahead of time for given shapes (`engines.shapes.StepShapes`: compile, ONNX
+        Engines built ahead of time for given shapes (`echobench.engines.step_shapes.StepShapes`: compile, ONNX
         Runtime, TensorRT) take steps of one image up to a full batch and raise an EchobenchError
         for more rows; EchoMod never passes more than its batch_size images at once.
         """
@@ -91,7 +96,9 @@ class DenoiserEngine(abc.ABC):
         return (images / 2 + 0.5).clamp(0, 1)
 
     def config(self) -> dict[str, Any]:
-        """JSON-able settings of this engine that can change its numbers (part of EchoMod's cache key)."""
+        """JSON-able settings of this engine that can change its numbers (part of EchoMod's cache key):
+        the engines shipped here return their settings' `engine_config(device)`, which EchoMod uses to
+        know the key without building an engine."""
         return {"name": self.name}
 
     def close(self) -> None:

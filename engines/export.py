@@ -1,16 +1,17 @@
 """The fused ControlNet + UNet step as an ONNX graph, exported once and cached on disk.
 
 Used by the ONNX Runtime engine (which runs the graph) and the TensorRT engine (which builds a plan
-from it). The graph is `engines.fused.FusedControlNetUNet`, the TensorRT diffusion demo's
+from it). The graph is `echobench.engines.fused.FusedControlNetUNet`, the TensorRT diffusion demo's
 `UNet2DConditionControlNetModel`, with a dynamic batch axis on sample, encoder_hidden_states and
 controlnet_cond, so one export serves every batch size.
 
 Exporters (`torch.onnx.export`, see the PyTorch "torch.onnx" documentation):
 - "dynamo" (default): the `torch.export`-based exporter, PyTorch's default since 2.9; it needs
-  `onnxscript`. On the tiny test model it takes ~15 s on one CPU thread, almost all of it tracing.
-- "torchscript": the legacy tracing exporter the TensorRT demo uses; deprecated by PyTorch but ~8×
-  faster to export. diffusers' upsampler checks `numel() * 2 > 2**31` in Python, which tracing bakes
-  in as a constant: true for the shapes here (`EXPORT_MAX_ROWS` bounds them).
+  `onnxscript`. Almost all of its time is tracing.
+- "torchscript": the legacy tracing exporter the TensorRT demo uses; deprecated by PyTorch but much
+  faster to export (export times: reports/bench/README.md, "EchoMod engines"). diffusers' upsampler
+  checks `numel() * 2 > 2**31` in Python, which tracing bakes in as a constant: true for the shapes
+  here (`EXPORT_MAX_ROWS` bounds them).
 
 The cache key is everything that changes the graph: the model's identity (a digest of both modules'
 configs and of every weight's bytes, so a fine-tuned checkpoint under the same name is not mistaken
@@ -36,7 +37,7 @@ from typing import Any
 
 from echobench.errors import EchobenchError
 
-from .shapes import BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes
+from echobench.engines.step_shapes import BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18  # supported by onnxruntime ≥ 1.14 and TensorRT 10's ONNX parser
@@ -51,17 +52,22 @@ EXTERNAL_DATA_BYTES = 2**31 - 2**27
 
 
 def engine_cache_root(explicit: str | os.PathLike | None = None) -> Path:
-    """Where engines keep what they build: `explicit`, else $ECHOBENCH_ENGINE_CACHE, else an
-    `_engines` folder under EchoMod's image cache root (so tests, which point that root at a
-    temporary directory, never write to the user's cache)."""
+    """Where engines keep what they build: `explicit` (the caller's choice, e.g. an engine's
+    `cache_dir` option), else $ECHOBENCH_ENGINE_CACHE, else an `_engines` folder under EchoMod's image
+    cache root ($ECHOBENCH_CACHE, else `<data root>/echomod`, as `echobench.echoalign.cache.cache_root`
+    resolves it), so that tests, which point that root at a temporary directory, never write to the
+    user's cache. Resolved here from the same variables: engines do not import EchoMod."""
     if explicit:
         return Path(explicit).expanduser()
     env = os.environ.get("ECHOBENCH_ENGINE_CACHE")
     if env:
         return Path(env).expanduser()
-    from echobench.modcache import cache_root
+    images = os.environ.get("ECHOBENCH_CACHE")
+    if images:
+        return Path(images).expanduser() / "_engines"
+    from echobench.data.base import data_root
 
-    return cache_root() / "_engines"
+    return data_root() / "echomod" / "_engines"
 
 
 def model_digest(*modules: Any) -> str:
@@ -143,7 +149,7 @@ def export_fused_onnx(components: Any, shapes: StepShapes, *, exporter: str = "d
     if _complete(folder, fields):
         return OnnxGraph(folder / GRAPH_FILE, key, fields, reused=True)
 
-    from .fused import FusedControlNetUNet, example_inputs
+    from echobench.engines.fused import FusedControlNetUNet, example_inputs
 
     root.mkdir(parents=True, exist_ok=True)
     fused = FusedControlNetUNet(components.controlnet, unet).eval()

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .shapes import INPUT_NAMES, StepShapes
+from echobench.engines.step_shapes import INPUT_NAMES, StepShapes
 
 
 class FusedControlNetUNet(torch.nn.Module):

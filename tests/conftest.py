@@ -69,8 +69,8 @@ TINY_PROTOCOL = {"name": "smoke", "epochs": 10, "milestones": [8], "crop_padding
 def run_tiny(method: str, noise: str = "symmetric:0.3", *, params: dict | None = None, seed: int = 1,
              dataset: dict | None = None, protocol: dict | None = None) -> dict:
     """Run one cell of `method` on the tiny shapes setting in-process and return its result."""
-    from echobench.runner import run_cell
-    from echobench.suite import parse_suite
+    from echobench.harness.train_cell import run_cell
+    from echobench.harness.suite import parse_suite
 
     suite = parse_suite({
         "name": "tiny", "datasets": {"shapes": {**TINY_DATASET, **(dataset or {})}}, "noise": [noise],

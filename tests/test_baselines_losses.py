@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-import baselines.apl as apl
-import baselines.aul as aul
-import baselines.celc as celc
-import baselines.pce as pce
+import echobench.baselines.apl as apl
+import echobench.baselines.aul as aul
+import echobench.baselines.celc as celc
+import echobench.baselines.pce as pce
 from echobench.errors import EchobenchError
-from echobench.methods import METHODS
+from echobench.training.method import METHODS
 
 LOG_1E4 = -math.log(1e-4)  # the RCE's factor: -log clamp(0, 1e-4, 1)
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import baselines.identifiability as ident
-import baselines.joint as joint
-import baselines.t_revision as trev
-import echobench.knn as knn_module
-from echobench.methods import METHODS
+import echobench.baselines.identifiability as ident
+import echobench.baselines.joint as joint
+import echobench.baselines.t_revision as trev
+import echobench.training.knn as knn_module
+from echobench.training.method import METHODS
 
 
 

@@ -7,17 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.co_dis import CoDis, co_dis_loss, js_divergence, official_js_term
-from baselines.co_teaching import CO_TEACHING_PROTOCOL, CoTeaching, CoTeachingCNN, co_teaching_cnn, co_teaching_loss
-from baselines.sigua import Sigua, sigua_loss
-from baselines.two_networks import (
+from echobench.baselines.co_dis import CoDis, co_dis_loss, js_divergence, official_js_term
+from echobench.baselines.co_teaching import CO_TEACHING_PROTOCOL, CoTeaching, CoTeachingCNN, co_teaching_cnn, co_teaching_loss
+from echobench.baselines.sigua import Sigua, sigua_loss
+from echobench.baselines.two_networks import (
     backward_each,
     co_teaching_adam_plan,
     forget_rate_schedule,
     num_remember,
     small_loss_selection,
 )
-from echobench.trainer import Task
+from echobench.training.trainer import Task
 
 
 
@@ -260,11 +260,11 @@ def test_two_network_runs_are_deterministic(tiny_run):
 
 
 def test_co_teaching_original_protocol_runs_an_epoch_with_the_cnn(tiny_run, spy_models, monkeypatch):
-    from echobench.models import MODELS
-    from echobench.protocols import PROTOCOLS
+    from echobench.training.networks import NETWORKS
+    from echobench.training.protocols import PROTOCOLS
 
     # Both are registered lazily under the names the protocol uses.
-    assert MODELS.get("co-teaching-cnn") is co_teaching_cnn
+    assert NETWORKS.get("co-teaching-cnn") is co_teaching_cnn
     assert PROTOCOLS.get("co-teaching") is CO_TEACHING_PROTOCOL
     optimizers = []
     original = Task.new_optimizer

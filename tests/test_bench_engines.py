@@ -29,7 +29,7 @@ def test_a_failing_engine_is_an_error_row_and_the_rest_is_kept(cli, tmp_path, mo
     """An engine that breaks (here: its load raises) becomes an "error" row; the rows after it still
     run, --out holds every row, and the exit status says something failed."""
     pytest.importorskip("diffusers")
-    from engines.eager.engine import EagerEngine
+    from echobench.engines.eager.engine import EagerEngine
 
     calls = []
 
@@ -54,7 +54,7 @@ def test_a_failing_engine_is_an_error_row_and_the_rest_is_kept(cli, tmp_path, mo
 def test_bench_engines_out_is_written_as_it_goes(monkeypatch, tmp_path):
     """Every row rewrites the file (atomically): a run cut short keeps what it measured."""
     pytest.importorskip("diffusers")
-    from echobench.bench_engines import bench_engines
+    from echobench.bench.engines import bench_engines
 
     seen = []
     doc = bench_engines(engines=("eager",), batch_sizes=(1,), steps=2,
@@ -66,8 +66,8 @@ def test_bench_engines_out_is_written_as_it_goes(monkeypatch, tmp_path):
 def test_a_row_that_fuses_attention_leaves_the_next_row_unfused(monkeypatch):
     """Rows share the modules and fuse_qkv changes them in place: each row must start unfused."""
     pytest.importorskip("diffusers")
-    from echobench.bench_engines import bench_engines
-    from engines.eager.engine import EagerEngine
+    from echobench.bench.engines import bench_engines
+    from echobench.engines.eager.engine import EagerEngine
 
     seen = []
     original = EagerEngine.load
@@ -108,7 +108,7 @@ def test_bench_engines_bad_input(cli):
 
 
 def test_engine_rows_with_options():
-    from echobench.bench_engines import parse_row
+    from echobench.bench.engines import parse_row
 
     assert parse_row("compile") == ("compile", {})
     assert parse_row("compile[vae=true, mode=max-autotune]") == ("compile", {"vae": "true", "mode": "max-autotune"})
@@ -124,10 +124,10 @@ def test_tiny_generation_speed(benchmark, row):
     import torch
     from PIL import Image
 
-    from echobench.bench_engines import reference_pipeline
-    from echobench.diffusion_models import build_components
-    from echobench.echomod_diffusion import DiffusionConfig, DiffusionEchoMod, control_images, make_engine
-    from engines.shapes import StepShapes
+    from echobench.bench.engines import reference_pipeline
+    from echobench.echoalign.diffusion_configs import build_components
+    from echobench.echoalign.diffusion import DiffusionConfig, DiffusionEchoMod, control_images, make_engine
+    from echobench.engines.step_shapes import StepShapes
 
     components = build_components("tiny", random_init=True)
     settings = DiffusionConfig(resolution=32, batch_size=4)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from echobench.datasets import cifar
+from echobench.data import cifar
 from echobench.errors import EchobenchError
-from echobench.safe_pickle import UnsafePickleError, read_torch_zip_pickle, safe_loads
+from echobench.data.safe_pickle import UnsafePickleError, read_torch_zip_pickle, safe_loads
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

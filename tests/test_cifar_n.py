@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from echobench.datasets import cifar, cifar_n
-from echobench.datasets.base import Dataset
+from echobench.data import cifar; from echobench.data import cifar_n
+from echobench.data.base import Dataset
 from echobench.errors import EchobenchError
 
 # /work/main/tests/test_cifar_n.py -> /work/shared/data/cifar-n

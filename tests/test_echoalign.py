@@ -33,8 +33,8 @@ def test_echoalign_is_deterministic_and_reuses_the_cache(tiny_run):
 
 
 def test_selection_separates_clean_from_noisy_on_shapes():
-    from echobench.echoalign import EchoAlignParams
-    from echobench.selection_report import select_report, setting_task
+    from echobench.echoalign.methods import EchoAlignParams
+    from echobench.harness.setting import select_report, setting_task
 
     task, clean = setting_task("shapes", {"n_train": 1500, "n_test": 100}, "instance:0.5", 1)
     doc = select_report(task, clean, EchoAlignParams(), progress=False)
@@ -87,7 +87,7 @@ def test_select_and_modify_bad_input(cli, tmp_path, args, message):
 
 
 def test_dataset_without_class_names_is_refused():
-    from echobench.echomod import make_modifier
+    from echobench.echoalign.echomod import make_modifier
     from echobench.errors import EchobenchError
 
     with pytest.raises(EchobenchError, match="no class names"):

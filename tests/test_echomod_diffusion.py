@@ -1,4 +1,4 @@
-"""EchoMod on diffusers components (`echobench/echomod_diffusion.py`) with the eager engine.
+"""EchoMod on diffusers components (`echobench/echoalign/diffusion.py`) with the eager engine.
 
 Everything runs on tiny randomly initialised modules written to a temporary directory with
 `save_pretrained` and read back with the real loading code: nothing is downloaded.
@@ -22,14 +22,15 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from echobench.echomod import make_modifier  # noqa: E402
-from echobench.echomod_diffusion import (  # noqa: E402
-    TINY_RESOLUTION, DiffusionConfig, DiffusionEchoMod, load_components, make_eager_modifier,
+from echobench.echoalign.echomod import make_modifier  # noqa: E402
+from echobench.echoalign.diffusion import (  # noqa: E402
+    DiffusionConfig, DiffusionEchoMod, load_components, make_diffusion_modifier,
     resize_back, save_tiny_checkpoint, scheduler_class, tiny_components, to_uint8,
 )
+from echobench.echoalign.diffusion_configs import TINY_RESOLUTION  # noqa: E402
 from echobench.errors import EchobenchError  # noqa: E402
-from engines.eager import EagerConfig  # noqa: E402
-from engines.eager.engine import EagerEngine  # noqa: E402
+from echobench.engines.eager.config import EagerConfig  # noqa: E402
+from echobench.engines.eager.engine import EagerEngine  # noqa: E402
 
 PIXEL_ATOL = 1e-5  # see the module docstring
 UINT8_EQUAL_FRACTION = 0.999
@@ -117,7 +118,7 @@ def test_a_tiny_vae_is_loaded_when_asked_and_decodes_as_the_pipeline_would(compo
     the images change, so does the cache key."""
     import copy
 
-    from echobench.echomod_diffusion import load_model
+    from echobench.echoalign.diffusion import load_model
 
     tiny_vae = diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
                                          num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1))
@@ -238,18 +239,21 @@ def test_a_missing_checkpoint_offline_names_it_and_the_cache(checkpoint, monkeyp
     ({"stepz": 2}, "Did you mean 'steps'"),
     ({"sampler": "ddim"}, "Known options: base_model, batch_size"),
     ({"steps": "many"}, "expected int"),
-    ({"channels_last": "maybe"}, "expected true/false/auto"),
+    ({"channels_last": "maybe"}, "expected bool"),
+    ({"fuse_qkv": "auto"}, "expected bool"),
     ({"scheduler": "heun2"}, "unknown scheduler"),
     ({"dtype": "fp8"}, "unknown dtype"),
 ])
 def test_bad_options_are_user_errors(options, fragment):
     with pytest.raises(EchobenchError, match=fragment):
-        make_eager_modifier("cifar10", CLASS_NAMES, DATASET_SIZE, options, "cpu")
+        make_diffusion_modifier("eager", "cifar10", CLASS_NAMES, DATASET_SIZE, options, "cpu")
 
 
 def test_importing_the_registry_stays_light(subprocess_env):
     """Listing engines or reading engine settings must not import torch or diffusers."""
-    code = ("import sys, echobench.echomod, engines.base, engines.eager; "
-            "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+    code = ("import sys, echobench.echoalign.echomod as e, echobench.engines.base, echobench.engines.eager; "
+            "entries = [e.ENGINES.get(name) for name in e.ENGINES.names()]; "
+            "[entry.option_defaults() for entry in entries]; "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env)

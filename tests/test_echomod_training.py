@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from echobench.datasets.shapes import CLASS_NAMES
-from echobench.echomod_training import TrainingConfig, train_shapes_echomod
+from echobench.data.shapes import CLASS_NAMES
+from echobench.echoalign.generator_training import TrainingConfig, train_shapes_echomod
 
 QUICK = TrainingConfig(n_train=64, batch_size=8, vae_steps=3, unet_steps=3, controlnet_steps=3, tiny_vae_steps=3,
                        warmup_steps=1, eval_images=8)
@@ -45,8 +45,8 @@ def test_the_controlnet_was_trained_from_zero_convolutions(trained):
 
 
 def test_echomod_loads_the_trained_folder_with_its_tiny_vae(trained):
-    from echobench.datasets.shapes import load_shapes
-    from echobench.echomod_diffusion import make_diffusion_modifier
+    from echobench.data.shapes import load_shapes
+    from echobench.echoalign.diffusion import make_diffusion_modifier
 
     out, _ = trained
     world = load_shapes(n_train=4, n_test=1, seed=0)
@@ -77,7 +77,7 @@ def test_training_is_deterministic(trained, tmp_path):
 
 def test_the_vae_learns(monkeypatch, tmp_path):
     """The reconstruction loss of the second 50 steps is below that of the first 50."""
-    from echobench import echomod_training
+    from echobench.echoalign import generator_training as echomod_training
 
     config = TrainingConfig(n_train=64, batch_size=8, vae_steps=100, unet_steps=0, controlnet_steps=0,
                             tiny_vae_steps=0, warmup_steps=10)
@@ -128,7 +128,7 @@ def test_bench_approx_compares_variants_on_the_same_pairs(cli, tmp_path):
     assert doc["paired"]["rows"]["steps=1"]["auroc"]["delta"] == pytest.approx(fewer["auroc"] - exact["auroc"])
     assert len(doc["samples"]["is_clean"]) == doc["n"] and set(doc["samples"]["similarity"]) == set(
         r["variant"] for r in doc["rows"])
-    from echobench.bench_approx import paired_differences
+    from echobench.bench.approx import paired_differences
 
     same = json.dumps(paired_differences(doc), sort_keys=True) == json.dumps(doc["paired"], sort_keys=True)
     assert same  # the JSON alone reproduces the intervals (compared as text: NaN != NaN)
@@ -141,7 +141,7 @@ def _approx_doc(exact, variant, is_clean, tau=0.5, seed=0):
 
 
 def test_paired_differences_are_zero_for_an_identical_variant():
-    from echobench.bench_approx import paired_differences
+    from echobench.bench.approx import paired_differences
 
     rng = np.random.default_rng(0)
     is_clean = rng.random(200) < 0.7
@@ -153,7 +153,7 @@ def test_paired_differences_are_zero_for_an_identical_variant():
 def test_paired_differences_see_a_small_shift_that_one_auroc_cannot():
     """Lowering the noisy samples' S by a little raises AUROC by far less than its own standard error
     (≈ 0.02 here), yet the paired interval lies above zero; another seed draws other resamples."""
-    from echobench.bench_approx import paired_differences
+    from echobench.bench.approx import paired_differences
 
     rng = np.random.default_rng(1)
     is_clean = rng.random(900) < 0.7
@@ -169,7 +169,7 @@ def test_paired_differences_see_a_small_shift_that_one_auroc_cannot():
 
 
 def test_precision_at_k_ranks_by_similarity():
-    from echobench.bench_approx import _precision_at_k
+    from echobench.bench.approx import _precision_at_k
 
     s = np.array([0.9, 0.1, 0.8, 0.7])
     clean = np.array([True, False, False, True])
@@ -192,8 +192,8 @@ def test_bench_approx_needs_a_variant(cli):
 
 def test_shows_class_reads_the_shapes_class_of_an_image():
     """The fidelity read-out of `bench approx`: originals show their clean class, not another one."""
-    from echobench.bench_approx import shows_class
-    from echobench.datasets.shapes import load_shapes
+    from echobench.bench.approx import shows_class
+    from echobench.data.shapes import load_shapes
 
     world = load_shapes(n_train=200, n_test=1, seed=3)
     labels = np.asarray(world.train_labels)
@@ -223,7 +223,7 @@ def test_training_continues_from_a_trained_folder(trained, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), part
     a, b = weights(first, "stable-diffusion/unet"), weights(out, "stable-diffusion/unet")
     assert not all(torch.equal(a[k], b[k]) for k in a)
-    from echobench.echomod_training import total_steps
+    from echobench.echoalign.generator_folder import total_steps
 
     assert total_steps(again) == {"vae": 3, "unet": 5, "controlnet": 3, "tiny_vae": 3}
 
@@ -257,13 +257,13 @@ class _PromptFollower:
 def test_prompt_accuracy_picks_the_prompt_with_the_smallest_noise_error():
     import dataclasses
 
-    from echobench.datasets.shapes import load_shapes
-    from echobench.diffusion_models import build_components
-    from echobench.echomod_training import _prompt_embeddings
-    from echobench.prompt_accuracy import prompt_accuracy
+    from echobench.data.shapes import load_shapes
+    from echobench.echoalign.diffusion_configs import build_components
+    from echobench.echoalign.generator_folder import prompt_embeddings
+    from echobench.echoalign.prompt_accuracy import prompt_accuracy
 
     components = build_components("tiny", random_init=True, seed=0)
-    text = _prompt_embeddings(components, [f"a photo of {name}" for name in CLASS_NAMES])
+    text = prompt_embeddings(components, [f"a photo of {name}" for name in CLASS_NAMES])
     fake = dataclasses.replace(components, unet=_PromptFollower(components.unet, text, favourite=3))
     doc = prompt_accuracy(fake, n=40, world_seed=5, timesteps=(200, 600))
     labels = np.asarray(load_shapes(n_train=40, n_test=1, seed=5).train_labels)

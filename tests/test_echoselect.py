@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from echobench.echoselect import (auroc, count_at_precision, default_tau, keep_original, paired_cosine,
+from echobench.echoalign.echoselect import (auroc, count_at_precision, default_tau, keep_original, paired_cosine,
                                   separation, table4_view, tau_sweep)
 from echobench.errors import EchobenchError
 
@@ -68,8 +68,8 @@ def test_separation_and_sweep_on_separable_scores():
 
 
 def test_shapes_hog_extractor_is_batch_independent_and_normalised():
-    from echobench.datasets import load_dataset
-    from echobench.features import make_extractor
+    from echobench.data import load_dataset
+    from echobench.echoalign.features import make_extractor
 
     data = load_dataset("shapes", n_train=40, n_test=10)
     fx = make_extractor("shapes-hog")
@@ -84,7 +84,7 @@ def test_shapes_hog_extractor_is_batch_independent_and_normalised():
 
 
 def test_unknown_extractor_suggests_a_name():
-    from echobench.features import make_extractor
+    from echobench.echoalign.features import make_extractor
 
     with pytest.raises(EchobenchError, match="open_clip"):
         make_extractor("open-clip")
@@ -92,7 +92,7 @@ def test_unknown_extractor_suggests_a_name():
 
 def test_open_clip_extractor_with_random_weights():
     pytest.importorskip("open_clip")
-    from echobench.features import make_extractor
+    from echobench.echoalign.features import make_extractor
 
     fx = make_extractor("open_clip", {"pretrained": "none", "batch_size": 3})
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
@@ -105,7 +105,7 @@ def test_open_clip_extractor_with_random_weights():
 
 def test_open_clip_weights_missing_offline_names_the_fix(monkeypatch, tmp_path):
     pytest.importorskip("open_clip")
-    from echobench.features import make_extractor
+    from echobench.echoalign.features import make_extractor
 
     import huggingface_hub.constants as hf_constants
 
@@ -122,7 +122,7 @@ def test_open_clip_weights_missing_offline_names_the_fix(monkeypatch, tmp_path):
 
 def test_bench_echoselect_compares_both_paths_on_the_same_model():
     pytest.importorskip("open_clip")
-    from echobench.bench_echoselect import bench_echoselect, format_bench_echoselect
+    from echobench.bench.echoselect import bench_echoselect, format_bench_echoselect
 
     doc = bench_echoselect(n=3, batch_size=2)
     assert doc["released_loop"]["seconds"] > 0 and doc["echobench"]["seconds"] > 0

@@ -26,6 +26,7 @@ installed here: their tests check what needs no runtime (cache keys, messages, p
 options a GPU session would get).
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,17 +40,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from echobench.diffusion_models import (  # noqa: E402
-    MODELS, SD15_CONTROLNET, SD15_UNET, build_components, default_resolution, parameter_counts,
+from echobench.echoalign.diffusion_configs import (  # noqa: E402
+    MODELS, SD15_CONTROLNET, SD15_UNET, TINY_RESOLUTION, build_components, default_resolution, parameter_counts,
 )
-from echobench.echomod import ENGINES, make_modifier  # noqa: E402
-from echobench.echomod_diffusion import (  # noqa: E402
-    TINY_RESOLUTION, engine_option_defaults, make_diffusion_modifier, make_engine, tiny_components,
+from echobench.echoalign.echomod import ENGINES, make_modifier  # noqa: E402
+from echobench.echoalign.diffusion import (  # noqa: E402
+    engine_option_defaults, make_diffusion_modifier, make_engine, tiny_components,
 )
 from echobench.errors import EchobenchError  # noqa: E402
-from engines.export import graph_key, key_digest  # noqa: E402
-from engines.shapes import StepShapes, check_rows  # noqa: E402
-from engines.tensorrt.config import TensorRTConfig, find_plan, plan_digest, plan_key, profile_rows  # noqa: E402
+from echobench.engines.export import graph_key, key_digest  # noqa: E402
+from echobench.engines.step_shapes import StepShapes, check_rows  # noqa: E402
+from echobench.engines.tensorrt.config import TensorRTConfig, find_plan, plan_digest, plan_key, profile_rows  # noqa: E402
 
 NOISE_ATOL = 1e-5  # see the module docstring
 PIXEL_ATOL = 1e-5
@@ -166,7 +167,7 @@ def test_compile_with_the_vae_compiled_matches_eager(components, reference):
 
 
 def test_compile_options_are_checked():
-    from engines.compile.config import CompileConfig
+    from echobench.engines.compile.config import CompileConfig
 
     with pytest.raises(EchobenchError, match="unknown inductor_flags"):
         CompileConfig(inductor_flags="fast")
@@ -181,7 +182,7 @@ def test_compile_options_are_checked():
 def test_fused_attention_projections_match_eager(engine, options, reference):
     """fuse_qkv=true: one projection matmul per attention layer, on modules of their own (the engine
     fuses in place); unfusing gives the modules back their own attention processors."""
-    from engines.base import unfuse_qkv_projections
+    from echobench.engines.base import unfuse_qkv_projections
 
     own = tiny_components(0)
     before = {name: type(p).__name__ for net in (own.unet, own.controlnet) for name, p in net.attn_processors.items()}
@@ -204,7 +205,7 @@ def test_compile_with_inductor_matches_eager(components, reference):
 
 
 def test_compile_settings():
-    from engines.compile import CompileConfig
+    from echobench.engines.compile.config import CompileConfig
 
     assert CompileConfig().resolve("cuda").mode == "reduce-overhead"  # CUDA graphs on a GPU
     assert CompileConfig().resolve("cpu").mode == "default"
@@ -239,7 +240,7 @@ def test_onnxruntime_matches_eager(onnx_modifier, reference):
 @pytest.mark.onnx
 def test_onnx_graph_is_reused_and_rebuilt_when_its_key_changes(onnx_modifier, components, engine_cache,
                                                                 monkeypatch):
-    import engines.export as export
+    import echobench.engines.export as export
 
     exports = []
     real_export = export._export
@@ -295,8 +296,8 @@ def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path, monkey
     """What a GPU session would be given, checked with a stand-in for onnxruntime-gpu's provider list:
     TensorRT first (engine and timing caches on, one profile from one image to a full batch, FP16
     for a float16 graph), then CUDA, then the CPU."""
-    from engines.onnxruntime.config import OnnxRuntimeConfig
-    from engines.onnxruntime.engine import OnnxRuntimeEngine
+    from echobench.engines.onnxruntime.config import OnnxRuntimeConfig
+    from echobench.engines.onnxruntime.engine import OnnxRuntimeEngine
 
     gpu_ort = types.SimpleNamespace(get_available_providers=lambda: [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -401,6 +402,63 @@ def test_engines_are_registered_with_their_options():
         make_engine("compile", "cpu")
 
 
+def test_one_registry_entry_and_one_constructor_per_engine(components):
+    """Each engine is one lazy entry (its settings class, under `echobench.engines.<name>`) that says
+    whether it is a diffusion engine; every diffusion engine is constructed as cls(settings, shapes, device)."""
+    from echobench.echoalign.echomod import is_diffusion_engine
+    from echobench.engines.options import EngineSettings
+    from echobench.engines.step_shapes import StepShapes
+
+    assert set(ENGINES.names()) == {"procedural", "eager", "compile", "onnxruntime", "tensorrt"}
+    for name in ENGINES.names():
+        entry = ENGINES.get(name)
+        assert issubclass(entry, EngineSettings) and entry.name == name
+        assert entry.__module__ == f"echobench.engines.{name}.config"
+        assert entry.implementation.startswith(f"echobench.engines.{name}.")
+        assert is_diffusion_engine(name) is entry.diffusion is (name != "procedural")
+    assert not is_diffusion_engine("no-such-engine")
+    with pytest.raises(EchobenchError, match="not a diffusion engine"):
+        make_engine("procedural", "cpu")
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 2, guidance=True)
+    for name, options in (("eager", {}), ("compile", {"backend": "aot_eager"}), ("onnxruntime", {})):
+        entry = ENGINES.get(name)
+        settings = entry.from_options(options, "cpu")
+        engine = entry.load_implementation()(settings, shapes, "cpu")
+        assert engine.name == name and engine.settings == settings
+        if name != "onnxruntime" or importlib.util.find_spec("onnxruntime"):
+            assert engine.config() == settings.engine_config("cpu")
+
+
+# EchoMod cache keys (`config_digest` of `modifier_config`, and the cache folder it names with base
+# seed 0) computed with the code before the move into echobench/echoalign/ (commit 0916511, module
+# echobench.echomod): images cached before it must still be found.
+PINNED_KEYS = {
+    "eager": ({"model": "tiny"}, "c2ce048d3633fa84", "92e52f197bcbd131"),
+    "eager-sd15": ({}, "8a64b6008243282e", "2c972e5dc8d7fa71"),
+    "eager-options": ({"model": "tiny", "channels_last": "true", "fuse_qkv": "true", "steps": "4",
+                       "vae": "madebyollin/taesd"}, "9bb96555a7113e96", "2c7e17fd2ad469d3"),
+    "compile": ({"model": "tiny", "backend": "aot_eager"}, "0889d7f4b730892e", "63bc45f3799fde67"),
+    "compile-options": ({"model": "tiny", "vae": "true", "inductor_flags": "diffusers", "fuse_qkv": "true",
+                         "channels_last": "true"}, "80666ee9ad526bd5", "516b9df8e87854b7"),
+    "onnxruntime": ({"model": "tiny", "exporter": "torchscript"}, "fb7edf86a108856f", "6ae9b0199248808d"),
+}
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.mark.parametrize("case", sorted(PINNED_KEYS))
+def test_cache_keys_do_not_change(case):
+    from echobench.echoalign.cache import cache_for
+    from echobench.echoalign.echomod import config_digest, modifier_config
+
+    engine = case.partition("-")[0]
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    options, digest, folder = PINNED_KEYS[case]
+    key = modifier_config(engine, "cifar10", CIFAR10_NAMES, 32, options, "cpu")
+    assert config_digest(key) == digest
+    assert cache_for(key, "cifar10", None, base_seed=0, root="/unused").dir.name == folder
+
+
 def test_model_configs():
     """sd15 is written out from the public checkpoints' config.json files: the parameter counts on
     torch's meta device match the published ones (UNet 859.5 M, VAE 83.7 M, CLIP text 123.1 M;
@@ -434,8 +492,8 @@ def test_random_init_and_the_cache_key(components):
 
 def test_importing_the_engines_stays_light(subprocess_env):
     """Listing engines or reading their settings must not import torch or a runtime."""
-    code = ("import sys, echobench.echomod, echobench.diffusion_models, engines.compile, engines.onnxruntime, "
-            "engines.tensorrt, engines.shapes, engines.export; "
+    code = ("import sys, echobench.echoalign.echomod, echobench.echoalign.diffusion_configs, echobench.engines.compile, echobench.engines.onnxruntime, "
+            "echobench.engines.tensorrt, echobench.engines.step_shapes, echobench.engines.export; "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'onnxruntime', 'onnx', 'tensorrt') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env)
@@ -453,7 +511,7 @@ def test_the_cache_key_is_known_without_loading_the_model(engine, fixture, optio
                                                           request):
     """`modifier_config` (no model loaded, no engine built) equals the loaded generator's `config()`
     (for onnxruntime: after its session chose the provider)."""
-    from echobench.echomod import modifier_config
+    from echobench.echoalign.echomod import modifier_config
 
     if engine == "onnxruntime":
         pytest.importorskip("onnxruntime")
@@ -467,7 +525,7 @@ def test_the_cache_key_is_known_without_loading_the_model(engine, fixture, optio
 
 
 def test_cached_pairs_are_served_without_building_the_generator(tmp_path, monkeypatch):
-    from echobench import echoalign
+    from echobench.echoalign import methods as echoalign
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, DATASET_SIZE, DATASET_SIZE, 3), dtype=np.uint8)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from echobench.executors import run_suite_with
-from echobench.suite import load_suite, parse_suite
+from echobench.harness.context import RunContext
+from echobench.harness.executors import make_executor
+from echobench.harness.runner import run_suite
+from echobench.harness.suite import load_suite, parse_suite
 
 KILL_SUITE = {  # cells of a few seconds each on one thread, so that a kill lands mid-suite
     "name": "kill",
@@ -35,6 +37,13 @@ ECHOMOD_SUITE = {  # EchoAlign on the procedural engine: two cache shards of pai
     "seeds": [1],
     "protocol": {"name": "smoke", "epochs": 1},
 }
+
+
+def run_suite_with(executor: str, suite, out, *, device: str = "auto", workers: int | None = None,
+                   threads: int | None = None, cache_dir: str | None = None, address: str | None = None):
+    """`echobench run`'s path: one context, the named executor, the runner."""
+    ctx = RunContext.resolve(device=device, threads=threads, cache_dir=cache_dir)
+    return run_suite(suite, out, ctx, make_executor(executor, ctx, workers=workers, address=address))
 
 
 def results(out: Path) -> dict[str, dict]:
@@ -57,41 +66,42 @@ def assert_same_results(a: dict[str, dict], b: dict[str, dict]) -> None:
 def local_smoke(tmp_path_factory):
     """The smoke suite through the default local executor, one worker, in this process."""
     out = tmp_path_factory.mktemp("smoke-local")
-    outcome = run_suite_with("local", load_suite("smoke"), out, device="cpu", workers=1, threads=1, progress=False)
+    outcome = run_suite_with("local", load_suite("smoke"), out, device="cpu", workers=1, threads=1)
     assert len(outcome.computed) == 4 and not outcome.failed
     return results(out)
 
 
 def test_two_local_workers_give_the_results_of_one(local_smoke, tmp_path):
-    outcome = run_suite_with("local", load_suite("smoke"), tmp_path, device="cpu", workers=2, threads=1, progress=False)
+    outcome = run_suite_with("local", load_suite("smoke"), tmp_path, device="cpu", workers=2, threads=1)
     assert len(outcome.computed) == 4 and not outcome.failed and not outcome.busy
     assert outcome.device == "2 workers on cpu, 1 thread(s) each"
     assert_same_results(results(tmp_path), local_smoke)
     executors = [json.loads(p.read_text())["executor"] for p in tmp_path.glob("cells/*/config.json")]
     assert {e["worker"] for e in executors} == {0, 1} and all(e["threads"] == 1 for e in executors)
-    again = run_suite_with("local", load_suite("smoke"), tmp_path, device="cpu", workers=2, threads=1, progress=False)
+    again = run_suite_with("local", load_suite("smoke"), tmp_path, device="cpu", workers=2, threads=1)
     assert again.computed == [] and len(again.skipped) == 4  # resume: nothing to do, no worker started
 
 
 def test_gpu_workers_are_pinned_round_robin_to_the_visible_gpus(monkeypatch):
     import echobench.environment as environment
-    import echobench.executors as executors
+    import echobench.harness.local_workers as executors
 
     monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cuda")
     monkeypatch.setattr(executors, "visible_gpus", lambda: ["2", "5"])
-    plan = executors.local_plan("auto")
+    auto = RunContext(device="auto")
+    plan = executors.local_plan(auto)
     assert plan.workers == 2 and plan.gpus == ("2", "5") and plan.device == "cuda"
-    assert executors.local_plan("auto", workers=3).gpus == ("2", "5", "2")
-    assert executors.local_plan("auto", workers=1).workers == 1
+    assert executors.local_plan(auto, workers=3).gpus == ("2", "5", "2")
+    assert executors.local_plan(auto, workers=1).workers == 1
     monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cpu")
-    cpu = executors.local_plan("cpu", workers=2, threads=1)
-    assert cpu.gpus == (None, None) and cpu.threads == 1 and executors.local_plan("cpu").workers == 1
+    cpu = executors.local_plan(RunContext(device="cpu", threads=1), workers=2)
+    assert cpu.gpus == (None, None) and cpu.threads == 1 and executors.local_plan(RunContext(device="cpu")).workers == 1
 
 
 def test_visible_gpus_honour_cuda_visible_devices(monkeypatch):
     import torch
 
-    from echobench.executors import visible_gpus
+    from echobench.harness.local_workers import visible_gpus
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -151,22 +161,22 @@ def ray_local():
 
 @pytest.mark.ray
 def test_ray_executor_gives_the_local_results(ray_local, local_smoke, tmp_path):
-    outcome = run_suite_with("ray", load_suite("smoke"), tmp_path, threads=1, progress=False)
+    outcome = run_suite_with("ray", load_suite("smoke"), tmp_path, threads=1)
     assert len(outcome.computed) == 4 and not outcome.failed
     assert outcome.device == "ray (2 CPU task(s) at once)"
     assert_same_results(results(tmp_path), local_smoke)
     config = json.loads(next(tmp_path.glob("cells/*/config.json")).read_text())
     assert config["executor"]["name"] == "ray" and config["executor"]["task_resources"] == {"num_cpus": 1}
     assert config["environment"]["device"]["threads"] == 1  # the task's environment, not the driver's
-    assert run_suite_with("ray", load_suite("smoke"), tmp_path, threads=1, progress=False).computed == []
+    assert run_suite_with("ray", load_suite("smoke"), tmp_path, threads=1).computed == []
 
 
 @pytest.mark.ray
 def test_ray_generates_echomod_pairs_in_shard_tasks_and_training_only_reads_them(ray_local, tmp_path):
     suite = parse_suite(ECHOMOD_SUITE, "test")
-    local = run_suite_with("local", suite, tmp_path / "local", device="cpu", workers=1, threads=1, progress=False,
+    local = run_suite_with("local", suite, tmp_path / "local", device="cpu", workers=1, threads=1,
                            cache_dir=str(tmp_path / "cache-local"))
-    remote = run_suite_with("ray", suite, tmp_path / "ray", threads=1, progress=False,
+    remote = run_suite_with("ray", suite, tmp_path / "ray", threads=1,
                             cache_dir=str(tmp_path / "cache-ray"))
     assert len(local.computed) == len(remote.computed) == 2 and not local.failed and not remote.failed
     ray_results, local_results = results(tmp_path / "ray"), results(tmp_path / "local")
@@ -195,13 +205,12 @@ SELECTION_FILES = ("similarity_hist.png", "tau_sweep.png", "select.md")
 
 def run_mixed(executor: str, out: Path, **options):
     """The mixed suite's selection cells go to the executor with its training cells, as `echobench run` does."""
-    from echobench.kinds import kind_cells
+    from echobench.harness.runner import plan_cells
 
     suite = parse_suite(MIXED_SUITE, "test")
-    selection, runtime = kind_cells(suite, None, "cpu")
+    selection, _, runtime = plan_cells(suite, None, "cpu")
     assert len(selection) == 1 and not runtime
-    outcome = run_suite_with(executor, suite, out, threads=1, progress=False, selection=selection,
-                             cache_dir=str(out) + "-cache", **options)
+    outcome = run_suite_with(executor, suite, out, threads=1, cache_dir=str(out) + "-cache", **options)
     assert len(outcome.computed) == 3 and not outcome.failed, outcome.failed
     done = results(out)
     (sel,) = [rid for rid, r in done.items() if r.get("kind") == "selection"]

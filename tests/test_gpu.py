@@ -28,8 +28,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from echobench.diffusion_models import build_components  # noqa: E402
-from echobench.echomod_diffusion import TINY_RESOLUTION, make_diffusion_modifier  # noqa: E402
+from echobench.echoalign.diffusion import make_diffusion_modifier  # noqa: E402
+from echobench.echoalign.diffusion_configs import TINY_RESOLUTION, build_components  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU visible to torch")]
@@ -100,8 +100,8 @@ def check_half(echomod, reference, record_property):
 def test_eager_matches_the_stock_pipeline_on_the_gpu(record_property):
     from PIL import Image
 
-    from echobench.bench_engines import reference_pipeline
-    from echobench.echomod_diffusion import control_images, prompt_for
+    from echobench.bench.engines import reference_pipeline
+    from echobench.echoalign.diffusion import control_images, prompt_for
 
     comps = components("float32")
     eager = modifier("eager", comps, "float32")
@@ -180,7 +180,7 @@ def test_tensorrt_matches_eager(half_reference, record_property, tmp_path):
 
 def test_bench_engines_on_the_gpu(capsys):
     """The bench's GPU path: CUDA peak memory, parity against the stock pipeline, a speed ratio."""
-    from echobench.bench_engines import bench_engines
+    from echobench.bench.engines import bench_engines
 
     doc = bench_engines(config="tiny", engines=("eager",), batch_sizes=(2,), steps=4, device="cuda")
     row = doc["rows"]["eager"]["2"]
@@ -191,7 +191,7 @@ def test_bench_engines_on_the_gpu(capsys):
 
 
 def test_bench_train_uses_mixed_precision_and_channels_last_on_the_gpu():
-    from echobench.bench_train import bench_train
+    from echobench.bench.train import bench_train
 
     doc = bench_train(n=512, device="cuda", warmup_steps=1)
     assert doc["images_per_s"] > 0

@@ -1,4 +1,4 @@
-"""echobench.knn: cosine kNN without an N×N matrix, faiss and torch backends."""
+"""echobench.training.knn: cosine kNN without an N×N matrix, faiss and torch backends."""
 
 import builtins
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from echobench import knn as knn_module
+from echobench.training import knn as knn_module
 from echobench.errors import EchobenchError
-from echobench.knn import knn
+from echobench.training.knn import knn
 
 
 def brute_force(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,19 @@ import time
 import numpy as np
 import pytest
 
-from echobench.echomod import config_digest, sample_seeds
-from echobench.modcache import ModCache, dataset_key
+from echobench.echoalign.echomod import config_digest, sample_seeds
+from echobench.echoalign.cache import ModCache, dataset_key, pair_keys, split_pair_keys
+
+
+def test_pair_keys_order_pairs_by_index_then_label_and_split_back():
+    """The one (index, label) pair key of the cache, the dry run and the EchoMod shards."""
+    indices, labels = np.array([3, 0, 3, 70_000, 0]), np.array([9, 2, 1, 0, 2])
+    keys = pair_keys(indices, labels)
+    assert keys.dtype == np.int64 and keys.tolist()[0] == (3 << 20) + 9
+    assert len(set(keys.tolist())) == 4  # (0, 2) twice
+    ordered = np.unique(keys)
+    back_indices, back_labels = split_pair_keys(ordered)
+    assert list(zip(back_indices.tolist(), back_labels.tolist())) == [(0, 2), (3, 1), (3, 9), (70_000, 0)]
 
 
 class CountingModifier:
@@ -103,7 +114,7 @@ SLOW_WRITER = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     from test_modcache import CountingModifier, _data
-    from echobench.modcache import ModCache
+    from echobench.echoalign.cache import ModCache
 
     class Slow(CountingModifier):
         def generate(self, images, labels, seeds):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from echobench.errors import EchobenchError
-from echobench.noise import NoiseSpec, empirical_transition, instance, pairflip, split_train_val, symmetric
+from echobench.data.noise import NoiseSpec, empirical_transition, instance, pairflip, split_train_val, symmetric
 
 C = 10
 LABELS = np.repeat(np.arange(C), 2000)  # 20,000 labels, balanced

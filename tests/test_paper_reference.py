@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from echobench import paper_reference as pr
+from echobench.reporting import paper_reference as pr
 from echobench.errors import EchobenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,11 +151,11 @@ def test_shapes():
 
 
 def test_registry_names_exist():
-    from echobench.datasets import DATASETS
-    from echobench.echoselect import TABLE4_PRECISIONS
-    from echobench.methods import METHODS
-    from echobench.noise import NoiseSpec
-    from echobench.selectors import SELECTORS
+    from echobench.data import DATASETS
+    from echobench.echoalign.echoselect import TABLE4_PRECISIONS
+    from echobench.training.method import METHODS
+    from echobench.data.noise import NoiseSpec
+    from echobench.training.selectors import SELECTORS
 
     assert set(pr.METHODS) | set(pr.TABLE3) <= set(METHODS.names())
     assert {"cifar10", "cifar100", "cifar10n"} <= set(DATASETS.names())

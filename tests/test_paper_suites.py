@@ -2,7 +2,7 @@
 
 import pytest
 
-from echobench.suite import load_suite
+from echobench.harness.suite import load_suite
 
 
 def ids(name):
@@ -26,16 +26,16 @@ def test_dry_run_counts_distinct_echomod_pairs(cli):
 
     import numpy as np
 
-    from echobench.noise import split_train_val
-    from echobench.runner import get_dataset, make_noisy_labels
+    from echobench.data.noise import split_train_val
+    from echobench.harness.train_cell import get_dataset, make_noisy_labels
     from echobench.seeding import numpy_rng
-    from echobench.suite import parse_suite
+    from echobench.harness.suite import parse_suite
 
     raw = {"name": "pairs", "datasets": {"shapes": {"n_train": 500, "n_test": 50}},
            "noise": ["symmetric:0.3", "symmetric:0.5"], "methods": ["ce", "echoalign", "im-only"], "seeds": [1],
            "protocol": "smoke"}
     cells = parse_suite(raw, "test").expand()
-    from echobench.dry_run import dry_run_summary
+    from echobench.reporting.dry_run import dry_run_summary
 
     summary = dry_run_summary(cells)
     (key, pairs), = summary["echomod"]["pairs"].items()
@@ -87,7 +87,7 @@ def write_full_cifar(root, name, train_labels, monkeypatch, seed=0):
 
     import numpy as np
 
-    from echobench.datasets import cifar
+    from echobench.data import cifar
 
     rng = np.random.default_rng(seed)
     spec = cifar._spec(name)
@@ -127,9 +127,9 @@ def test_paper_dry_run_pair_counts_on_official_sized_data(cli, tmp_path, monkeyp
 
     import numpy as np
 
-    from echobench.datasets.cifar_n import read_human_labels
-    from echobench.noise import split_train_val
-    from echobench.runner import get_dataset, make_noisy_labels
+    from echobench.data.cifar_n import read_human_labels
+    from echobench.data.noise import split_train_val
+    from echobench.harness.train_cell import get_dataset, make_noisy_labels
     from echobench.seeding import numpy_rng
 
     clean10 = read_human_labels("cifar10n", labels_file=cifar10n_file)["clean"]

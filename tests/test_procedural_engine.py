@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from echobench.datasets.shapes import CLASS_NAMES, load_shapes, object_alpha, render_background, render_instance
-from echobench.echomod import config_digest, make_modifier, sample_seeds
+from echobench.data.shapes import CLASS_NAMES, load_shapes, object_alpha, render_background, render_instance
+from echobench.echoalign.echomod import config_digest, make_modifier, sample_seeds
 from echobench.errors import EchobenchError
-from engines.procedural.config import ProceduralConfig
-from engines.procedural.engine import ProceduralModifier
+from echobench.engines.procedural.config import ProceduralConfig
+from echobench.engines.procedural.engine import ProceduralModifier
 
 N = 240
 CLASSES = list(CLASS_NAMES)

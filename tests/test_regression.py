@@ -182,7 +182,7 @@ def test_rule_needs_a_recorded_value_for_the_seed():
 
 def test_subset_is_in_the_committed_report_and_the_suite():
     """The re-run subset names cells the report recorded and the `shapes` suite expands to."""
-    from echobench.suite import load_suite
+    from echobench.harness.suite import load_suite
 
     rows, report = load_recorded()
     assert report["suite"] == SUITE and report["metric"] == "best_val"
@@ -215,10 +215,10 @@ def rerun(method: str, noise: str, seed: int, run_cell=None) -> tuple[Comparison
     and compare it with the report: the comparison and the lines that describe it."""
     import torch
 
-    from echobench.suite import load_suite
+    from echobench.harness.suite import load_suite
 
     if run_cell is None:
-        from echobench.runner import run_cell
+        from echobench.harness.train_cell import run_cell
     rows, report = load_recorded()
     (spec,) = [c for c in load_suite(SUITE).expand() if (c.method, c.noise, c.seed) == (method, noise, seed)]
     started = time.perf_counter()

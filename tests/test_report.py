@@ -3,8 +3,8 @@ import json
 import pytest
 
 from echobench.errors import EchobenchError
-from echobench.report import collect, to_csv, to_latex, to_markdown, write_reports
-from echobench.store import Store
+from echobench.reporting.tables import collect, to_csv, to_latex, to_markdown, write_reports
+from echobench.harness.store import Store
 
 
 def fake_results(root, values, dataset="shapes"):
@@ -83,7 +83,7 @@ def test_unknown_metric_is_refused(tmp_path):
 
 
 def test_cifar_results_are_reported_beside_the_paper(tmp_path):
-    from echobench.paper_reference import paper_value
+    from echobench.reporting.paper_reference import paper_value
 
     values = {("ce", "symmetric:0.5"): [0.70, 0.72], ("im-only", "instance:0.5"): [0.60, 0.62],
               ("echoalign-released", "symmetric:0.5"): [0.80, 0.80]}

@@ -9,8 +9,15 @@ import time
 from pathlib import Path
 
 
-from echobench.runner import run_cell, run_suite
-from echobench.suite import load_suite, parse_suite
+from echobench.harness.context import RunContext
+from echobench.harness.runner import run_suite
+from echobench.harness.train_cell import run_cell
+
+
+def cpu(**changes) -> RunContext:
+    """A quiet CPU context, resolved from the test session's environment (its EchoMod cache)."""
+    return RunContext.resolve(device="cpu", **changes)
+from echobench.harness.suite import load_suite, parse_suite
 
 TINY = {
     "name": "tiny",
@@ -66,13 +73,13 @@ def test_ce_learns_above_chance_at_30_percent_symmetric_noise():
 
 def test_rerun_skips_finished_cells_and_force_recomputes(tmp_path):
     suite = tiny_suite()
-    first = run_suite(suite, tmp_path, progress=False)
+    first = run_suite(suite, tmp_path, cpu())
     assert len(first.computed) == 2 and not first.failed
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*/result.json")}
-    again = run_suite(suite, tmp_path, progress=False)
+    again = run_suite(suite, tmp_path, cpu())
     assert again.computed == [] and len(again.skipped) == 2
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*/result.json")}
-    forced = run_suite(suite, tmp_path, progress=False, force=True)
+    forced = run_suite(suite, tmp_path, cpu(force=True))
     assert len(forced.computed) == 2
 
 
@@ -86,7 +93,7 @@ def test_output_directory_of_another_suite_is_refused(cli, tmp_path):
 
 
 def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
-    import echobench.runner as runner
+    import echobench.harness.train_cell as runner
 
     real = runner.run_cell
 
@@ -96,13 +103,13 @@ def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
         return real(spec, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_cell", flaky)
-    outcome = run_suite(tiny_suite(), tmp_path, progress=False)
+    outcome = run_suite(tiny_suite(), tmp_path, cpu())
     assert len(outcome.failed) == 1 and len(outcome.computed) == 1
     (rid,) = outcome.failed
     error = json.loads((tmp_path / "cells" / rid / "error.json").read_text())
     assert "boom" in error["error"] and "Traceback" in error["traceback"]
     monkeypatch.setattr(runner, "run_cell", real)
-    retry = run_suite(tiny_suite(), tmp_path, progress=False)  # a failed cell is retried on re-run
+    retry = run_suite(tiny_suite(), tmp_path, cpu())  # a failed cell is retried on re-run
     assert retry.computed == [rid] and not (tmp_path / "cells" / rid / "error.json").exists()
 
 
@@ -116,7 +123,7 @@ def test_failed_cells_give_nonzero_exit(cli, tmp_path):
 
 
 def test_a_runner_skips_a_cell_locked_by_another(tmp_path):
-    from echobench.store import Store
+    from echobench.harness.store import Store
 
     suite = tiny_suite(seeds=[1])
     (spec,) = suite.expand()
@@ -124,9 +131,9 @@ def test_a_runner_skips_a_cell_locked_by_another(tmp_path):
     store.claim(suite.name)
     with store.lock(spec.run_id) as held:
         assert held
-        outcome = run_suite(suite, tmp_path, progress=False)
+        outcome = run_suite(suite, tmp_path, cpu())
     assert outcome.busy == [spec.run_id] and outcome.computed == []
-    assert run_suite(suite, tmp_path, progress=False).computed == [spec.run_id]
+    assert run_suite(suite, tmp_path, cpu()).computed == [spec.run_id]
 
 
 def test_sigkill_mid_suite_then_rerun_completes_without_loss_or_duplicates(tmp_path, subprocess_env):
@@ -162,12 +169,12 @@ def test_temporaries_left_by_a_killed_writer_are_cleaned(tmp_path):
     cell.mkdir(parents=True)
     (tmp_path / "suite.json").write_text(json.dumps({"suite": suite.name}))
     (cell / ".result.json.abc.tmp").write_text('{"half": ')
-    assert run_suite(suite, tmp_path, progress=False).computed == [spec.run_id]
+    assert run_suite(suite, tmp_path, cpu()).computed == [spec.run_id]
     assert not list(cell.glob("*.tmp")) and not list(cell.glob(".*.tmp"))
 
 
 def test_summary_covers_the_final_stage_only():
-    from echobench.trainer import EpochRecord, History
+    from echobench.training.trainer import EpochRecord, History
 
     h = History()
     for epoch, (stage, test, val) in enumerate([(0, 0.9, 0.9), (0, 0.8, 0.8), (1, 0.5, 0.4), (1, 0.6, 0.3)], start=1):
@@ -181,7 +188,7 @@ def test_summary_covers_the_final_stage_only():
 
 
 def _oom_suite(method="echoalign", dataset="cifar10"):
-    from echobench.suite import parse_suite
+    from echobench.harness.suite import parse_suite
 
     return parse_suite({"name": "oom", "datasets": [dataset], "noise": ["symmetric:0.3"], "methods": [method],
                         "seeds": [1], "protocol": "paper"}, "test")
@@ -192,7 +199,8 @@ def test_out_of_memory_retries_with_smaller_batches(tmp_path, monkeypatch):
     batches (never the training batch), keeps its run id, and records what it took."""
     import torch
 
-    from echobench import runner
+    from echobench.harness import cells, train_cell as runner
+    from echobench.harness.store import Store
 
     (spec,) = _oom_suite().expand()
     seen = []
@@ -204,8 +212,8 @@ def test_out_of_memory_retries_with_smaller_batches(tmp_path, monkeypatch):
         return {"metrics": {"test_acc_best_val": 0.5}}
 
     monkeypatch.setattr(runner, "run_cell", fake_run_cell)
-    store = runner.Store(tmp_path)
-    status, message = runner.compute_cell(store, "oom", spec, {})
+    store = Store(tmp_path)
+    status, message = cells.compute_cell(store, "oom", spec, {}, cpu())
     assert (status, message) == ("computed", None)
     assert [s.protocol["eval_batch_size"] for s in seen] == [1024, 512, 256]
     assert [s.method_params["generation_batch_size"] for s in seen] == [64, 32, 16]
@@ -222,7 +230,8 @@ def test_out_of_memory_retries_with_smaller_batches(tmp_path, monkeypatch):
 def test_out_of_memory_gives_up_with_a_clear_error_and_other_errors_are_not_retried(tmp_path, monkeypatch):
     import torch
 
-    from echobench import runner
+    from echobench.harness import cells, train_cell as runner
+    from echobench.harness.store import Store
 
     (spec,) = _oom_suite("ce", "shapes").expand()
     calls = []
@@ -232,7 +241,7 @@ def test_out_of_memory_gives_up_with_a_clear_error_and_other_errors_are_not_retr
         raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
 
     monkeypatch.setattr(runner, "run_cell", always_oom)
-    status, message = runner.compute_cell(runner.Store(tmp_path), "oom", spec, {})
+    status, message = cells.compute_cell(Store(tmp_path), "oom", spec, {}, cpu())
     assert status == "failed" and "out of GPU memory after 4 tries" in message and "eval_batch_size" in message
     assert calls == [1024, 512, 256, 128]
     assert (tmp_path / "cells" / spec.run_id / "error.json").exists()
@@ -244,5 +253,5 @@ def test_out_of_memory_gives_up_with_a_clear_error_and_other_errors_are_not_retr
         raise ValueError("a bug, not memory")
 
     monkeypatch.setattr(runner, "run_cell", broken)
-    status, message = runner.compute_cell(runner.Store(tmp_path), "oom", spec, {}, force=True)
+    status, message = cells.compute_cell(Store(tmp_path), "oom", spec, {}, cpu(force=True))
     assert status == "failed" and message == "ValueError: a bug, not memory" and calls == [1]

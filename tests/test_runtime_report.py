@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from echobench import runtime_report as rr
+from echobench.reporting import runtime as rr
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_TEXT = REPO.parent / "shared" / "paper" / "echoalign-paper.txt"  # the paper's text beside the checkout, when present

@@ -5,8 +5,8 @@ import builtins
 import numpy as np
 import pytest
 
-from baselines import selection as sel
-from baselines.selection import (
+from echobench.baselines import selection as sel
+from echobench.baselines.selection import (
     SELECTORS,
     Selection,
     bltm_distill,
@@ -160,8 +160,8 @@ def tiny_selection_task():
     """The tiny shapes setting (conftest) at 30% symmetric noise, built as the runner builds a cell."""
     from conftest import TINY_DATASET, TINY_PROTOCOL
 
-    from echobench.runner import build_task, get_dataset, make_noisy_labels
-    from echobench.suite import parse_suite
+    from echobench.harness.train_cell import build_task, get_dataset, make_noisy_labels
+    from echobench.harness.suite import parse_suite
 
     suite = parse_suite({"name": "tiny-selection", "datasets": {"shapes": TINY_DATASET}, "noise": ["symmetric:0.3"],
                          "methods": ["ce"], "seeds": [1], "protocol": TINY_PROTOCOL}, "tests")
@@ -238,7 +238,7 @@ def test_selectors_take_a_given_model_and_features(tiny_selection_task):
 
 def test_bench_knn_smoke():
     pytest.importorskip("faiss")
-    from echobench.bench import bench_knn, format_bench_knn, neighbour_recall
+    from echobench.bench.knn import bench_knn, format_bench_knn, neighbour_recall
 
     assert neighbour_recall(np.array([[1, 2], [0, 2]]), np.array([[2, 1], [0, 1]])) == 0.75
 
@@ -255,7 +255,7 @@ def test_bench_knn_smoke():
 
 
 def test_bench_rejects_unknown_backend():
-    from echobench.bench import bench_knn
+    from echobench.bench.knn import bench_knn
 
     with pytest.raises(EchobenchError, match="unknown kNN backend"):
         bench_knn(n=10, dim=2, backends=("annoy",))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from echobench.datasets import shapes
-from echobench.datasets.shapes import (
+from echobench.data import shapes
+from echobench.data.shapes import (
     AMBIGUITY_KINDS,
     CLASS_NAMES,
     CONFUSABLE,

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from echobench.errors import EchobenchError
-from echobench.kind_reports import links
-from echobench.store import Store
-from echobench.suite import load_suite, parse_suite
+from echobench.reporting.kind_reports import links
+from echobench.harness.store import Store
+from echobench.harness.suite import load_suite, parse_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def test_runtime_variant_missing_for_the_device_is_an_error(cli, tmp_path):
 def test_dry_run_counts_selection_pairs_with_the_training_pairs():
     """A selection cell on an echoalign cell's setting adds no distinct EchoMod pair (one cache), one on
     another seed adds that seed's pairs; the requested count grows by each cell's training split."""
-    from echobench.dry_run import dry_run_summary
+    from echobench.reporting.dry_run import dry_run_summary
 
     base = {"name": "pairs", "datasets": {"shapes": {"n_train": 300, "n_test": 50}}, "noise": ["instance:0.3"],
             "seeds": [1], "protocol": "smoke"}
@@ -230,8 +230,8 @@ def test_runtime_suite_cpu_cells(cli, tmp_path):
 
 
 def test_table4_reference_columns_match_the_transcription(tmp_path):
-    from echobench.paper_reference import TABLE4, TABLE4_TOTAL, paper_selected
-    from echobench.report import write_reports
+    from echobench.reporting.paper_reference import TABLE4, TABLE4_TOTAL, paper_selected
+    from echobench.reporting.tables import write_reports
 
     store = Store(tmp_path)
     store.claim("table4")
@@ -269,8 +269,8 @@ def test_table4_reference_columns_match_the_transcription(tmp_path):
 
 
 def test_runtime_report_puts_sd15_cells_beside_tables_6_and_7(tmp_path):
-    from echobench.report import write_reports
-    from echobench.runtime_report import gpu_hours, project
+    from echobench.reporting.tables import write_reports
+    from echobench.reporting.runtime import gpu_hours, project
 
     store = Store(tmp_path)
     store.claim("runtime")

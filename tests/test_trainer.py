@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from echobench.models import build_model
-from echobench.trainer import augment
+from echobench.training.networks import build_model
+from echobench.training.trainer import augment
 
 
 def test_crop_with_zero_padding_is_identity_and_offsets_shift():
@@ -40,7 +40,7 @@ def test_models_have_cifar_stem_and_output(name, classes):
 def test_channel_stats_in_chunks_match_the_direct_computation():
     import numpy as np
 
-    from echobench.trainer import channel_stats
+    from echobench.training.trainer import channel_stats
 
     x = np.random.default_rng(0).integers(0, 256, (500, 8, 8, 3), dtype=np.uint8)
     mean, std = channel_stats(x, chunk=37)

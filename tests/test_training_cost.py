@@ -1,11 +1,11 @@
 """The dry run's training projection: each method's declared data passes against a hooked run, and the
-FLOP and GPU-hour arithmetic of `echobench.training_cost`."""
+FLOP and GPU-hour arithmetic of `echobench.reporting.training_cost`."""
 
 import pytest
 import torch
 
-from echobench.methods import METHODS
-from echobench.protocols import get_protocol
+from echobench.training.method import METHODS
+from echobench.training.protocols import get_protocol
 from tests.conftest import TINY_PROTOCOL, run_tiny
 
 SMALL = {"n_train": 300, "n_test": 100}  # 270 train / 30 validation / 100 test
@@ -16,7 +16,7 @@ PROTOCOL = {"epochs": 4, "milestones": [3]}
 def counted(monkeypatch):
     """Images through every network the run builds, split into passes with gradients (training) and
     without (evaluation, prediction), counted at the network's first convolution."""
-    import echobench.trainer as trainer
+    import echobench.training.trainer as trainer
 
     counts = {"train": 0, "forward": 0}
     build = trainer.build_model
@@ -52,9 +52,9 @@ def test_declared_passes_equal_the_images_a_run_pushes_through_its_networks(coun
 
 
 def test_flop_and_hours_arithmetic_of_a_paper_cell():
-    from echobench.runtime_report import GPUS
-    from echobench.suite import load_suite
-    from echobench.training_cost import TRAIN_CALIBRATION, cell_gflop, forward_gflop, train_efficiency, training_projection
+    from echobench.reporting.runtime import GPUS
+    from echobench.harness.suite import load_suite
+    from echobench.reporting.training_cost import TRAIN_CALIBRATION, cell_gflop, forward_gflop, train_efficiency, training_projection
 
     f18 = forward_gflop("resnet18", 10, 32)
     assert 1.0 < f18 < 1.2  # CIFAR ResNet-18: ≈ 0.56 G multiply-adds

@@ -18,20 +18,19 @@ tutorial; both leave the math unchanged (only kernel choice and rounding differ)
   applied only while this engine compiles. Coordinate-descent tuning benchmarks each kernel's launch
   parameters, so compiling takes longer. Off by default: it was not faster.
 
-A third, `fuse_qkv` (the tutorial's fused attention projections, `engines.base.fuse_qkv_projections`),
+A third, `fuse_qkv` (the tutorial's fused attention projections, `echobench.engines.base.fuse_qkv_projections`),
 is off by default: it has not been timed on a GPU yet.
 
-Measured in one run on an H200 (sd15 random init, float16, 512², batch 16, 20 steps, CFG;
-reports/gpu/tuned/): stock pipeline 5.02 images/s; compile 7.03; compile[vae=true] 7.52;
-compile[vae=true,inductor_flags=diffusers] 7.41.
+The measurements behind these defaults: reports/gpu/README.md, section 2.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from echobench.errors import EchobenchError
-from engines.options import is_gpu
+from echobench.engines.options import EngineSettings, is_gpu
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 INDUCTOR_FLAGS = {
@@ -43,9 +42,12 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
-class CompileConfig:
+class CompileConfig(EngineSettings):
     """`backend`: a torch.compile backend ("inductor"; "aot_eager" traces the same graph without
     generating code, for quick checks); `mode`: "auto" or one of `MODES` (inductor only)."""
+
+    name = "compile"
+    implementation = "echobench.engines.compile.engine:CompileEngine"
 
     backend: str = "inductor"
     mode: str = "auto"
@@ -85,3 +87,12 @@ class CompileConfig:
     @property
     def cuda_graphs(self) -> bool:
         return self.mode in CUDA_GRAPH_MODES
+
+    def engine_config(self, device: str) -> dict[str, Any]:
+        extra: dict[str, Any] = {"vae": True} if self.vae else {}  # only when set: older cache keys stay valid
+        if self.inductor_flags != "default":
+            extra["inductor_flags"] = self.inductor_flags
+        if self.fuse_qkv:
+            extra["fuse_qkv"] = True
+        return {"name": self.name, "backend": self.backend, "mode": self.mode, "fullgraph": self.fullgraph,
+                "channels_last": bool(self.channels_last), **extra}

@@ -1,4 +1,4 @@
-"""The compile engine: the fused ControlNet + UNet step (`engines.fused`) through `torch.compile`.
+"""The compile engine: the fused ControlNet + UNet step (`echobench.engines.fused`) through `torch.compile`.
 
 Following the diffusers "torch2.0" / "Accelerate inference of text-to-image diffusion models"
 documentation, the networks of the hot loop are compiled and the VAE stays eager (it runs once per
@@ -10,9 +10,8 @@ for the last, smaller batch of a run (CUDA graphs even need the same shapes on e
 step is padded to the full batch (`StepShapes.max_rows`) and the padding rows are dropped from the
 output. Rows never interact, so the padding changes no real row; the compile happens once, in `load`,
 on example inputs of that shape (several calls for CUDA graphs, which are recorded after a warm-up).
-
-Compile times measured on the tiny test model, one thread of a busy 2-core CPU: inductor ≈ 100 s with
-an empty inductor cache (9–17 s once its on-disk FX graph cache is warm); aot_eager 5–9 s.
+Compiling takes a while, most with inductor on an empty inductor cache (measured build times:
+reports/bench/README.md, "EchoMod engines").
 """
 
 from __future__ import annotations
@@ -25,11 +24,10 @@ from typing import Any
 import torch
 
 from echobench.errors import EchobenchError
-from engines.base import Components, DenoiserEngine, fuse_qkv_projections
-from engines.fused import FusedControlNetUNet, example_inputs, pad_rows, step_inputs
-from engines.shapes import BATCHED_INPUTS, INPUT_NAMES, StepShapes, check_rows
-
-from .config import INDUCTOR_FLAGS, CompileConfig
+from echobench.engines.base import Components, DenoiserEngine, fuse_qkv_projections
+from echobench.engines.fused import FusedControlNetUNet, example_inputs, pad_rows, step_inputs
+from echobench.engines.step_shapes import BATCHED_INPUTS, INPUT_NAMES, StepShapes, check_rows, require_shapes
+from echobench.engines.compile.config import INDUCTOR_FLAGS, CompileConfig
 
 CUDA_GRAPH_WARMUP_CALLS = 3  # cudagraph trees run eagerly once, then record, then replay
 
@@ -37,13 +35,13 @@ CUDA_GRAPH_WARMUP_CALLS = 3  # cudagraph trees run eagerly once, then record, th
 class CompileEngine(DenoiserEngine):
     """ControlNet + UNet compiled as one function, run at one fixed batch of `shapes.max_rows` rows."""
 
-    name = "compile"
+    name = CompileConfig.name
 
-    def __init__(self, settings: CompileConfig, shapes: StepShapes, device: str = "cpu"):
+    def __init__(self, settings: CompileConfig, shapes: StepShapes | None = None, device: str = "cpu"):
         if settings.mode == "auto" or settings.channels_last is None:
             raise ValueError("CompileEngine needs a resolved CompileConfig: CompileConfig(...).resolve(device)")
         self.settings = settings
-        self.shapes = shapes
+        self.shapes = require_shapes(self.name, shapes)
         self.device = torch.device(device)
         self.compiled = None
         self.compiled_decode = None
@@ -114,14 +112,7 @@ class CompileEngine(DenoiserEngine):
         return (self.compiled_decode(scaled)[:rows] / 2 + 0.5).clamp(0, 1)
 
     def config(self) -> dict[str, Any]:
-        s = self.settings
-        extra = {"vae": True} if s.vae else {}  # only when set: older cache keys stay valid
-        if s.inductor_flags != "default":
-            extra["inductor_flags"] = s.inductor_flags
-        if s.fuse_qkv:
-            extra["fuse_qkv"] = True
-        return {"name": self.name, "backend": s.backend, "mode": s.mode, "fullgraph": s.fullgraph,
-                "channels_last": bool(s.channels_last), **extra}
+        return self.settings.engine_config(str(self.device))
 
     def close(self) -> None:
         self.compiled = None

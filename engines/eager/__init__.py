@@ -1,21 +1,5 @@
 """The eager engine: the diffusers ControlNet and UNet called directly (the reference engine).
 
-`EagerConfig` imports nothing heavy; `EagerEngine` (in `engine.py`) imports torch and is loaded on
-first access.
+`config.EagerConfig` is its entry in the engine registry and its options (imports nothing heavy);
+`engine.EagerEngine` imports torch and is imported when an engine is built.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from .config import EagerConfig
-
-__all__ = ["EagerConfig", "EagerEngine"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "EagerEngine":
-        from .engine import EagerEngine
-
-        return EagerEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

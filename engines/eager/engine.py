@@ -12,20 +12,23 @@ from typing import Any
 
 import torch
 
-from engines.base import Components, DenoiserEngine, fuse_qkv_projections
-
-from .config import EagerConfig
+from echobench.engines.base import Components, DenoiserEngine, fuse_qkv_projections
+from echobench.engines.eager.config import EagerConfig
+from echobench.engines.step_shapes import StepShapes
 
 
 class EagerEngine(DenoiserEngine):
     """ControlNet + UNet in eager PyTorch under `torch.inference_mode` (no autograd bookkeeping)."""
 
-    name = "eager"
+    name = EagerConfig.name
 
-    def __init__(self, settings: EagerConfig):
-        if settings.dtype == "auto" or settings.channels_last is None:
+    def __init__(self, settings: EagerConfig, shapes: StepShapes | None = None, device: str = "cpu"):
+        """The engines' one constructor; eager builds nothing for fixed shapes, so `shapes` may be None."""
+        if settings.dtype == "auto":
             raise ValueError("EagerEngine needs a resolved EagerConfig: EagerConfig(...).resolve(device)")
         self.settings = settings
+        self.shapes = shapes
+        self.device = str(device)
 
     def load(self, components: Components) -> None:
         if self.settings.channels_last:
@@ -52,6 +55,4 @@ class EagerEngine(DenoiserEngine):
         return super().decode(latents)
 
     def config(self) -> dict[str, Any]:
-        # The dtype is reported by EchoMod from the loaded modules; the layout can change kernels.
-        extra = {"fuse_qkv": True} if self.settings.fuse_qkv else {}  # only when set: older cache keys stay valid
-        return {"name": self.name, "channels_last": bool(self.settings.channels_last), **extra}
+        return self.settings.engine_config(self.device)

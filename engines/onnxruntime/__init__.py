@@ -1,21 +1,6 @@
 """The ONNX Runtime engine: the fused ControlNet + UNet step exported to ONNX and run by onnxruntime.
 
-`OnnxRuntimeConfig` imports nothing heavy; `OnnxRuntimeEngine` (in `engine.py`) imports torch and is
-loaded on first access; onnxruntime itself is imported when the engine loads.
+`config.OnnxRuntimeConfig` is its entry in the engine registry and its options (imports nothing
+heavy); `engine.OnnxRuntimeEngine` imports torch and is imported when an engine is built;
+onnxruntime itself is imported when the engine loads (or its cache key asks which providers exist).
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from .config import OnnxRuntimeConfig
-
-__all__ = ["OnnxRuntimeConfig", "OnnxRuntimeEngine"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "OnnxRuntimeEngine":
-        from .engine import OnnxRuntimeEngine
-
-        return OnnxRuntimeEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ONNX Runtime engine: the fused ControlNet + UNet graph (`engines.export`) in an InferenceSession.
+"""The ONNX Runtime engine: the fused ControlNet + UNet graph (`echobench.engines.export`) in an InferenceSession.
 
 The graph is the TensorRT diffusion demo's `UNet2DConditionControlNetModel` with a dynamic batch axis,
 exported once per (model, shapes, dtype, opset, exporter, torch version) and reused from the disk cache
@@ -26,35 +26,26 @@ from typing import Any
 import torch
 
 from echobench.errors import EchobenchError
-from engines.base import Components, DenoiserEngine
-from engines.export import engine_cache_root, export_fused_onnx
-from engines.fused import step_inputs
-from engines.options import is_gpu, missing_runtime
-from engines.shapes import BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes, check_rows
-
-from .config import PROVIDERS, OnnxRuntimeConfig
+from echobench.engines.base import Components, DenoiserEngine
+from echobench.engines.export import engine_cache_root, export_fused_onnx
+from echobench.engines.fused import step_inputs
+from echobench.engines.options import is_gpu, missing_runtime
+from echobench.engines.onnxruntime.config import PROVIDERS, OnnxRuntimeConfig, import_onnxruntime, no_gpu_provider
+from echobench.engines.step_shapes import (BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes, check_rows,
+                                           require_shapes)
 
 # ONNX element types as onnxruntime reports them → torch dtypes.
 ONNX_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64}
 
 
-def import_onnxruntime():
-    """The onnxruntime module, or an EchobenchError naming the extra to install."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise missing_runtime("onnxruntime", "onnxruntime", "onnx", str(error)) from None
-    return onnxruntime
-
-
 class OnnxRuntimeEngine(DenoiserEngine):
     """The fused step as an ONNX graph run by onnxruntime; steps of 1 to `shapes.max_rows` rows."""
 
-    name = "onnxruntime"
+    name = OnnxRuntimeConfig.name
 
-    def __init__(self, settings: OnnxRuntimeConfig, shapes: StepShapes, device: str = "cpu"):
+    def __init__(self, settings: OnnxRuntimeConfig, shapes: StepShapes | None = None, device: str = "cpu"):
         self.settings = settings
-        self.shapes = shapes
+        self.shapes = require_shapes(self.name, shapes)
         self.device = torch.device(device)
         self.session = None
         self.provider = ""
@@ -76,10 +67,7 @@ class OnnxRuntimeEngine(DenoiserEngine):
             raise missing_runtime("onnxruntime", "onnx", "onnx", str(error)) from None
         available = set(ort.get_available_providers())
         if is_gpu(device) and not available & {PROVIDERS["cuda"], PROVIDERS["tensorrt"]}:
-            raise EchobenchError(
-                f"onnxruntime engine: device {device!r} is a GPU, but this onnxruntime has no CUDA or TensorRT "
-                f"execution provider (available: {', '.join(sorted(available))}); install the onnx-gpu extra "
-                "(pip uninstall onnxruntime && pip install 'echobench[onnx-gpu]'), or use --device cpu")
+            raise no_gpu_provider(device, available)
 
     def load(self, components: Components) -> None:
         ort = import_onnxruntime()
@@ -115,28 +103,7 @@ class OnnxRuntimeEngine(DenoiserEngine):
 
     def _providers(self, ort) -> list[str]:
         """The providers to hand onnxruntime, best first, from the ones this onnxruntime has."""
-        available = set(ort.get_available_providers())
-        wanted = self.settings.provider_preference(str(self.device))
-        usable = [p for p in wanted if PROVIDERS[p] in available]
-        if self.settings.provider != "auto" and not usable:
-            gpu = (" (it comes with the onnxruntime-gpu package, which replaces onnxruntime)"
-                   if wanted[0] != "cpu" else "")
-            raise EchobenchError(f"onnxruntime engine: the {wanted[0]} execution provider is not available in "
-                                 f"this onnxruntime{gpu}; available: {', '.join(sorted(available))}")
-        if not usable:
-            usable = ["cpu"]
-        if usable[0] != "cpu" and self.device.type != "cuda":
-            raise EchobenchError(f"onnxruntime engine: the {usable[0]} execution provider needs a CUDA device "
-                                 f"(device is {str(self.device)!r})")
-        if usable[0] == "cpu" and self.device.type == "cuda" and self.settings.provider == "auto":
-            self.require_runtime(str(self.device))  # raises: see there
-        # Nodes TensorRT cannot take go to CUDA, as onnxruntime's TensorRT documentation recommends;
-        # the CPU provider is the last resort of every session.
-        if usable[0] == "tensorrt" and "cuda" not in usable and PROVIDERS["cuda"] in available:
-            usable.insert(1, "cuda")
-        if "cpu" not in usable:
-            usable.append("cpu")
-        return usable
+        return self.settings.providers(str(self.device), ort.get_available_providers())
 
     def _provider_options(self, provider: str, key: str, dtype: torch.dtype) -> dict[str, Any]:
         if provider == "cpu":
@@ -187,11 +154,9 @@ class OnnxRuntimeEngine(DenoiserEngine):
         return super().decode(latents)
 
     def config(self) -> dict[str, Any]:
-        # Before `load`, the provider the session will be asked for first (the cache key must be known
-        # without loading the model; onnxruntime falls back only when a provider fails to start).
-        provider = self.provider or self._providers(import_onnxruntime())[0]
-        return {"name": self.name, "provider": provider, "exporter": self.settings.exporter,
-                "opset": self.settings.opset}
+        # Once loaded, the provider that runs (`settings.engine_config` gives the one asked for first).
+        config = self.settings.engine_config(str(self.device))
+        return {**config, "provider": self.provider} if self.provider else config
 
     def close(self) -> None:
         self.session = None

@@ -1,5 +1,5 @@
 """The procedural EchoMod engine: an OpenCV re-renderer for the embedded `shapes` world (no download).
 
-`engine.make_modifier` is registered as the `procedural` engine in `echobench.echomod.ENGINES`; its
-options are the fields of `config.ProceduralConfig`.
+`config.ProceduralConfig` is its entry in the engine registry (`echobench.engines.registry.ENGINES`)
+and its options; `engine.make_modifier` builds the generator.
 """

@@ -1,9 +1,9 @@
-"""Options of the procedural EchoMod engine (`engines.procedural.engine`), with their defaults.
+"""Options of the procedural EchoMod engine (`echobench.engines.procedural.engine`), with their defaults.
 
-Kept free of OpenCV and NumPy so that listing or validating options imports nothing heavy. Every
-field can be overridden by name through the engine's `options` (`--engine-option name=value`, or a
-suite's engine options); `ProceduralModifier.config()` reports all of them, so they are part of the
-EchoMod cache key.
+Kept free of OpenCV and NumPy (as every engine's settings) so that listing or validating options
+imports nothing heavy. Every field can be overridden by name through the engine's `options`
+(`--engine-option name=value`, or a suite's engine options); `ProceduralModifier.config()` reports
+all of them, so they are part of the EchoMod cache key.
 
 The style fields implement the deliberate distribution shift between modified and real images that
 the paper attributes to instance modification (§4.2, and the "instance modification only" row of its
@@ -16,9 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from echobench.engines.options import EngineSettings
+
 
 @dataclass(frozen=True)
-class ProceduralConfig:
+class ProceduralConfig(EngineSettings):
+    # The engine registry's entry: a whole generator (no diffusion loop), built by `make_modifier`.
+    name = "procedural"
+    diffusion = False
+    implementation = "echobench.engines.procedural.engine:make_modifier"
+
     # --- style shift (all scaled by style_shift) ---
     style_shift: float = 1.0  # overall strength of the generated-image style; 0 = none
     background_blur: float = 1.2  # Gaussian sigma (px at 32 px) applied to the background texture

@@ -65,17 +65,15 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from echobench.datasets import shapes
-from echobench.echomod_diffusion import check_option_names, coerce_option
+from echobench.data import shapes
 from echobench.errors import EchobenchError
-
-from .config import ProceduralConfig
+from echobench.engines.procedural.config import ProceduralConfig
 
 ENGINE_NAME = "procedural"
 # Bumped whenever the algorithm changes what it outputs: it is part of `config()`, hence of the cache key.
@@ -464,12 +462,9 @@ class ProceduralModifier:
 
 
 def _config_from_options(options: dict[str, Any]) -> ProceduralConfig:
-    """The default config with `options` applied by field name, coerced and checked like the
-    diffusion engines' options (command-line values may arrive as strings)."""
-    defaults = ProceduralConfig()
-    known = {f.name: getattr(defaults, f.name) for f in fields(ProceduralConfig)}
-    check_option_names(options, known)
-    config = replace(defaults, **{name: coerce_option(name, value, known[name]) for name, value in options.items()})
+    """The default config with `options` applied by field name, coerced and checked like every
+    engine's options (`EngineSettings.from_options`; command-line values may arrive as strings)."""
+    config = ProceduralConfig.from_options(options)
     _check_ranges(config)
     return config
 

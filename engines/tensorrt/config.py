@@ -31,12 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from echobench.errors import EchobenchError
-from engines.export import DEFAULT_OPSET, EXPORTERS
-from engines.shapes import StepShapes
+from echobench.engines.export import DEFAULT_OPSET, EXPORTERS
+from echobench.engines.options import EngineSettings
+from echobench.engines.step_shapes import StepShapes
 
 
 @dataclass(frozen=True)
-class TensorRTConfig:
+class TensorRTConfig(EngineSettings):
+    name = "tensorrt"
+    implementation = "echobench.engines.tensorrt.engine:TensorRTEngine"
+
     fp16: bool = True
     exporter: str = "dynamo"
     opset: int = DEFAULT_OPSET
@@ -54,6 +58,10 @@ class TensorRTConfig:
             problems.append(f"workspace_gb must be >= 0 (got {self.workspace_gb})")
         if problems:
             raise EchobenchError("tensorrt engine: " + "; ".join(problems))
+
+    def engine_config(self, device: str) -> dict[str, Any]:
+        return {"name": self.name, "fp16": self.fp16, "optimization_level": self.optimization_level,
+                "exporter": self.exporter, "opset": self.opset}
 
 
 def profile_rows(shapes: StepShapes) -> tuple[int, int, int]:

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 
 from echobench.errors import EchobenchError
-from engines.base import Components, DenoiserEngine
-from engines.export import engine_cache_root, export_fused_onnx, model_digest
-from engines.fused import step_inputs
-from engines.options import missing_runtime
-from engines.shapes import BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes, check_rows
-
-from .config import TensorRTConfig, find_plan, plan_digest, plan_key, profile_rows, timing_cache_name
+from echobench.engines.base import Components, DenoiserEngine
+from echobench.engines.export import engine_cache_root, export_fused_onnx, model_digest
+from echobench.engines.fused import step_inputs
+from echobench.engines.options import missing_runtime
+from echobench.engines.step_shapes import (BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes, check_rows,
+                                           require_shapes)
+from echobench.engines.tensorrt.config import TensorRTConfig, find_plan, plan_digest, plan_key, profile_rows, timing_cache_name
 
 
 def import_tensorrt():
@@ -50,11 +50,11 @@ def import_tensorrt():
 class TensorRTEngine(DenoiserEngine):
     """The fused step as a TensorRT engine; steps of `profile_rows(shapes)` min..max rows."""
 
-    name = "tensorrt"
+    name = TensorRTConfig.name
 
-    def __init__(self, settings: TensorRTConfig, shapes: StepShapes, device: str = "cuda"):
+    def __init__(self, settings: TensorRTConfig, shapes: StepShapes | None = None, device: str = "cuda"):
         self.settings = settings
-        self.shapes = shapes
+        self.shapes = require_shapes(self.name, shapes)
         self.device = torch.device(device)
         self.build_info: dict[str, Any] = {}
         self._runtime = self._engine = self._context = None
@@ -142,9 +142,7 @@ class TensorRTEngine(DenoiserEngine):
         return super().decode(latents)
 
     def config(self) -> dict[str, Any]:
-        s = self.settings
-        return {"name": self.name, "fp16": s.fp16, "optimization_level": s.optimization_level,
-                "exporter": s.exporter, "opset": s.opset}
+        return self.settings.engine_config(str(self.device))
 
     def close(self) -> None:
         # The context must go before the engine, and the engine before the runtime.

@@ -1,0 +1,1 @@
+"""`echobench bench …`: one module per benchmark."""

@@ -1,0 +1,196 @@
+"""`echobench bench train`: the speed of one training epoch of the paper's protocol, through the trainer.
+
+What runs. The `paper` protocol (`protocols.get_protocol("paper")`: ResNet-18 for 10 classes, SGD with
+momentum and weight decay, batch 128, pad-4 crop + flip) trains on random CIFAR-shaped data: `n` uint8
+images of 32 × 32 × 3 and labels in 0..9, both from `np.random.default_rng(seed)`. The data, the
+model, the optimizer and the batches come from the same pieces a method uses (`trainer.Task`:
+`DeviceSplit` on the device, `new_model` — channels_last on GPU —, `new_optimizer`, `Task.train_epoch`
+with its batched augmentation and, on GPU, bf16 autocast), with the cross-entropy loss of the `ce`
+baseline. Nothing is evaluated: the epoch is the training pass only. Random pixels cost the network
+exactly what CIFAR images cost, so the numbers hold for the real dataset.
+
+Warm-up. Before the timed epoch, `warmup_steps` full batches and, when `n` is not a multiple of the
+batch size, one batch of the last partial batch's size run through `train_epoch` on a subset of the
+same data: the first steps of a process pay for CUDA context creation, cuDNN's per-shape algorithm
+choice, the caching allocator's first allocations and lazy module initialisation, which a 200-epoch
+run pays once. The warm-up updates the model, as a real run's first steps would.
+
+Timing. `time.perf_counter` around one `Task.train_epoch` call; on CUDA the device is synchronised
+before the clock starts and before it is read, so queued kernels are counted. `seconds_per_epoch` is
+that wall time, `images_per_s` = n / seconds, `seconds_per_step` = seconds / batches.
+
+Memory. On CUDA: `torch.cuda.max_memory_allocated` over the timed epoch (peak statistics reset just
+before it), which includes the device-resident data, the model, the optimizer state and the
+activations — what a training run must fit — and, beside it, the allocation before the epoch and the
+caching allocator's reserved peak. Everywhere: the process's peak resident set size
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, a high-water mark of the whole process since it
+started, including the interpreter, torch and the host copy of the data).
+
+Single run, no repeats: on a shared machine the number moves with the load; compare runs on the same
+machine in the same session.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from echobench.errors import EchobenchError
+
+IMAGE_SHAPE = (32, 32, 3)  # CIFAR
+NUM_CLASSES = 10
+# The paper's CIFAR-10 training split: 50,000 images less the 10% validation split (protocols.py).
+PAPER_TRAIN_IMAGES = 45_000
+
+
+def _maxrss_mib() -> float:
+    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def random_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32, 32, 3) uint8 images and (n,) int64 labels in 0..9 from `np.random.default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, n, dtype=np.int64)
+    return images, labels
+
+
+def bench_train(*, n: int = 50_000, device: str = "cpu", warmup_steps: int = 3, batch_size: int | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """One timed training epoch of the paper protocol's ResNet-18 on `n` random CIFAR-shaped images.
+
+    `device` is a resolved torch device name (cpu, cuda, cuda:N). `batch_size` None keeps the
+    protocol's 128. Returns a JSON-able dict: the setting (n, batch size, steps, warm-up, precision,
+    channels_last, device), the measurement (seconds_per_epoch, images_per_s, seconds_per_step,
+    peak_memory_mib with its peak_memory_kind, peak_rss_mib and on CUDA the gpu_* fields), the
+    epoch's mean training loss (a sanity check: on random labels it stays at or above ln 10 ≈ 2.3,
+    and a NaN or inf would show a broken run), a projection of the paper's 200 epochs from the
+    measured rate, and the environment. See the module docstring for what each number measures.
+    """
+    if n < 1:
+        raise EchobenchError(f"bench train needs at least one image: --n must be at least 1, got {n}")
+    if warmup_steps < 0:
+        raise EchobenchError(f"--warmup-steps must be 0 or more, got {warmup_steps}")
+    if batch_size is not None and batch_size < 1:
+        raise EchobenchError(f"--batch-size must be at least 1, got {batch_size}")
+
+    import torch
+    import torch.nn.functional as F
+
+    from echobench.environment import device_description, environment
+    from echobench.training.protocols import get_protocol
+    from echobench.training.trainer import DeviceSplit, History, Normalizer, Task, channel_stats
+
+    protocol = get_protocol("paper", {"batch_size": batch_size} if batch_size else None)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda and dev.index is not None:
+        torch.cuda.set_device(dev)  # cuda:N: the trainer's tensors and the memory statistics on that GPU
+
+    images, labels = random_cifar(n, seed)
+    mean, std = channel_stats(images)
+    split = DeviceSplit.from_numpy(images, labels, np.arange(n), dev)
+    del images  # the host copy is not needed once the split is on the device
+    task = Task(dataset="random-cifar", num_classes=NUM_CLASSES, class_names=[str(c) for c in range(NUM_CLASSES)],
+                train=split, val=split, test=split, protocol=protocol, device=dev, seed=seed, noise_kind="none",
+                noise_rate=0.0, normalizer=Normalizer(mean, std, dev), history=History())
+    model = task.new_model()
+    optimizer = task.new_optimizer(model.parameters())
+
+    def loss_fn(logits, y, idx):
+        return F.cross_entropy(logits, y)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    bs = protocol.batch_size
+    steps = math.ceil(n / bs)
+    warm_full = min(warmup_steps, n // bs)
+    # The partial last batch has its own shape (its own cuDNN choice on GPU): warm it up too.
+    warm_n = warm_full * bs + (n % bs if warmup_steps > 0 else 0)
+    warm_started = time.perf_counter()
+    if warm_n:
+        warm_split = task.train.subset(torch.arange(warm_n))
+        task.train_epoch(model, optimizer, task.generator("warmup"), loss_fn, split=warm_split)
+    sync()
+    warmup_seconds = time.perf_counter() - warm_started
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+        gpu_before = torch.cuda.memory_allocated(dev)
+    rss_before = _maxrss_mib()
+    sync()
+    started = time.perf_counter()
+    loss_sum, _, seen = task.train_epoch(model, optimizer, task.generator("batches"), loss_fn)
+    sync()
+    seconds = time.perf_counter() - started
+    rss_peak = _maxrss_mib()
+
+    precision = "bf16 autocast" if cuda and protocol.mixed_precision else "fp32"
+    doc: dict[str, Any] = {
+        "benchmark": "train",
+        "what": "one training epoch (Task.train_epoch: batched augmentation, SGD step; no evaluation) of the "
+                "paper protocol on random CIFAR-shaped uint8 data resident on the device",
+        "protocol": protocol.name, "model": protocol.resolved_model(NUM_CLASSES), "optimizer": protocol.optimizer,
+        "n": n, "image_shape": list(IMAGE_SHAPE), "num_classes": NUM_CLASSES, "batch_size": bs,
+        "steps_per_epoch": steps, "seed": seed,
+        "warmup_steps": warm_full + (1 if warm_n > warm_full * bs else 0), "warmup_images": warm_n,
+        "warmup_seconds": round(warmup_seconds, 3),
+        "device": device, "device_name": device_description(device)["name"],
+        "precision": precision, "channels_last": task.normalizer.channels_last,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "seconds_per_epoch": seconds,
+        "images_per_s": seen / seconds,
+        "seconds_per_step": seconds / steps,
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "peak_rss_mib": rss_peak,
+        "rss_before_epoch_mib": rss_before,
+    }
+    if cuda:
+        doc.update({
+            "gpu_peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
+            "gpu_allocated_before_epoch_mib": gpu_before / 2**20,
+            "gpu_reserved_peak_mib": torch.cuda.max_memory_reserved(dev) / 2**20,
+        })
+        doc["peak_memory_mib"], doc["peak_memory_kind"] = doc["gpu_peak_mib"], "torch.cuda.max_memory_allocated over the epoch"
+    else:
+        doc["peak_memory_mib"], doc["peak_memory_kind"] = rss_peak, "process peak RSS (ru_maxrss)"
+    doc["projection"] = {
+        "paper_run_hours": PAPER_TRAIN_IMAGES * protocol.epochs / doc["images_per_s"] / 3600,
+        "images_per_epoch": PAPER_TRAIN_IMAGES, "epochs": protocol.epochs,
+        "note": "the paper's 200 epochs on CIFAR-10's 45,000 training images at the measured rate: "
+                "training steps only, without the per-epoch evaluation; an extrapolation, not a run",
+    }
+    doc["environment"] = environment(device)
+    return doc
+
+
+def format_bench_train(doc: dict[str, Any]) -> str:
+    """A few lines of text for a `bench_train` result."""
+    from tabulate import tabulate
+
+    memory = (f"GPU peak {doc['gpu_peak_mib']:.0f} MiB allocated ({doc['gpu_reserved_peak_mib']:.0f} reserved), "
+              f"process peak RSS {doc['peak_rss_mib']:.0f} MiB" if "gpu_peak_mib" in doc
+              else f"process peak RSS {doc['peak_rss_mib']:.0f} MiB")
+    rows = [[doc["images_per_s"], doc["seconds_per_epoch"], doc["seconds_per_step"] * 1000, doc["train_loss"]]]
+    return "\n".join([
+        f"One training epoch: {doc['model']} ({doc['protocol']} protocol, batch {doc['batch_size']}, "
+        f"{doc['steps_per_epoch']} steps) on {doc['n']:,} random {doc['image_shape'][0]}×{doc['image_shape'][1]} "
+        f"images, {doc['device']} ({doc['device_name']}), {doc['precision']}"
+        f"{', channels_last' if doc['channels_last'] else ''}, torch {doc['torch']} (intra-op threads: {doc['torch_threads']})",
+        tabulate(rows, headers=["images/s", "s/epoch", "ms/step", "train loss"], floatfmt=(".1f", ".2f", ".1f", ".3f"),
+                 tablefmt="github"),
+        f"memory: {memory}",
+        f"warm-up first: {doc['warmup_steps']} steps ({doc['warmup_images']} images, {doc['warmup_seconds']:.2f} s)",
+        f"the paper's {doc['projection']['epochs']} epochs on {doc['projection']['images_per_epoch']:,} images at "
+        f"this rate: ≈ {doc['projection']['paper_run_hours']:.2f} h of training steps (extrapolated)",
+    ])

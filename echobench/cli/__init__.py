@@ -1,0 +1,56 @@
+"""The `echobench` command line: one module per command group, options shared by several commands
+declared once (`options.py`). Heavy libraries are imported inside the commands that need them, so
+`echobench --help` and `echobench ls` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from echobench.errors import EchobenchError
+
+# command groups, in the order `echobench --help` lists them
+GROUPS = ("run", "ls", "report", "noise", "bench", "echoalign", "doctor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="echobench",
+        description="A benchmark harness for learning with noisy labels, built around EchoAlign.",
+        epilog="Run `echobench COMMAND --help` for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('echobench').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_text: str, examples: str, command) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=examples,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.set_defaults(func=command)
+        return cmd
+
+    for group in GROUPS:
+        importlib.import_module(f"echobench.cli.{group}").add_parser(add)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by `run` in OUT/commands/
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except EchobenchError as exc:
+        print(f"echobench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("echobench: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

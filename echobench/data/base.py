@@ -1,0 +1,72 @@
+"""The uniform dataset form and the dataset registry.
+
+Every dataset, real or embedded, is loaded into one `Dataset` value: uint8 NHWC images and int64
+labels for a train and a test part, plus class names. Anything a loader knows beyond that (CIFAR-N's
+human label sets, the `shapes` world's hidden generating parameters) goes into `extras`, which the
+runner uses for noise and analysis and never hands to a method.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echobench.errors import EchobenchError
+from echobench.registry import Registry
+
+DATA_ENV = "ECHOBENCH_DATA"
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: list[str]
+    train_images: np.ndarray  # (N, H, W, 3) uint8
+    train_labels: np.ndarray  # (N,) int64, the clean labels
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in ("train", "test"):
+            images, labels = getattr(self, f"{part}_images"), getattr(self, f"{part}_labels")
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"{self.name}: {part} images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            if labels.dtype != np.int64 or labels.shape != (images.shape[0],):
+                raise ValueError(f"{self.name}: {part} labels must be int64 ({images.shape[0]},), got {labels.dtype} {labels.shape}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """Where downloads are cached: `--data-root`, else $ECHOBENCH_DATA, else ~/.cache/echobench."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path.home() / ".cache" / "echobench"
+
+
+# A loader is called as loader(root: Path, **options) -> Dataset.
+DATASETS: Registry = Registry("dataset")
+DATASETS.add("shapes", "echobench.data.shapes:load_shapes")
+DATASETS.add("cifar10", "echobench.data.cifar:load_cifar10")
+DATASETS.add("cifar100", "echobench.data.cifar:load_cifar100")
+DATASETS.add("cifar10n", "echobench.data.cifar_n:load_cifar10n")
+DATASETS.add("cifar100n", "echobench.data.cifar_n:load_cifar100n")
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, **options: Any) -> Dataset:
+    loader = DATASETS.get(name)
+    try:
+        return loader(data_root(root), **options)
+    except TypeError as exc:  # an option the loader does not take
+        if "unexpected keyword" in str(exc):
+            raise EchobenchError(f"dataset {name!r}: {exc}; check the dataset options in the suite") from None
+        raise

@@ -1,5 +1,0 @@
-"""Datasets in one uniform form; see `base.Dataset`."""
-
-from .base import DATASETS, Dataset, data_root, load_dataset
-
-__all__ = ["DATASETS", "Dataset", "data_root", "load_dataset"]

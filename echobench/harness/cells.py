@@ -1,0 +1,110 @@
+"""Computing one cell, of any kind, and filing it in the results store.
+
+`compute` is what a cell is: a training cell (`train_cell`), a selection cell (`selection_cell`,
+the paper's Table 4) or a runtime cell (`runtime_cell`, Tables 6 and 7), dispatched on the spec's
+kind. `compute_in_store` runs a computation under the cell's lock and files its result or error;
+`compute_cell` is the two together, which is what every executor does with a cell in whichever
+process runs it (the Ray driver files what its tasks return with `begin_cell` / `file_outcome`,
+the same steps split around the remote call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from echobench.errors import EchobenchError
+from echobench.harness.context import RunContext
+from echobench.harness.store import Store
+from echobench.harness.suite import CellSpec
+
+CELL_STATUSES = ("computed", "skipped", "busy", "failed")
+
+
+def compute(spec: CellSpec, ctx: RunContext, cell_dir: Path, on_epoch: Callable | None = None) -> dict[str, Any]:
+    """The result of one cell, computed in this process (`cell_dir` receives a selection cell's figures)."""
+    if spec.kind == "selection":
+        from echobench.harness.selection_cell import run_selection_cell
+
+        return {"kind": spec.kind, **run_selection_cell(spec, cell_dir, ctx)}
+    if spec.kind == "runtime":
+        from echobench.harness.runtime_cell import run_runtime_cell
+
+        return {"kind": spec.kind, **run_runtime_cell(spec, ctx)}
+    from echobench.harness.train_cell import run_cell_retrying_oom
+
+    return run_cell_retrying_oom(spec, ctx, on_epoch=on_epoch)
+
+
+def error_message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
+
+
+def cell_config(spec: CellSpec, suite_name: str, env: dict, executor: dict | None = None) -> dict[str, Any]:
+    """config.json of a cell: its spec and what ran it (training cells carry no "kind": kind train)."""
+    config = {"run_id": spec.run_id, "suite": suite_name, **({"kind": spec.kind} if spec.kind != "train" else {}),
+              "spec": spec.to_dict(), "environment": env}
+    if executor:
+        config["executor"] = executor
+    return config
+
+
+@contextlib.contextmanager
+def begin_cell(store: Store, spec: CellSpec, force: bool) -> Iterator[str | None]:
+    """Hold the cell's lock; yields None when the cell is to compute, else its status ("busy": another
+    process holds it; "skipped": a result appeared meanwhile)."""
+    rid = spec.run_id
+    with store.lock(rid) as held:
+        if not held:
+            yield "busy"
+            return
+        if not force and store.has_result(rid):  # another runner finished it meanwhile
+            yield "skipped"
+            return
+        store.remove_stale_temporaries(rid)
+        yield None
+
+
+def file_outcome(store: Store, spec: CellSpec, config: dict, result: dict | None = None, error: str | None = None,
+                 trace: str = "", files: dict[str, bytes] | None = None) -> tuple[str, str | None]:
+    """Write a computed cell's config and result (or error) through the store, under its held lock."""
+    rid = spec.run_id
+    store.write(rid, "config.json", config)
+    if error is not None:
+        store.remove(rid, "result.json")
+        store.write(rid, "error.json", {"run_id": rid, "error": error, "traceback": trace})
+        return "failed", error
+    for name, data in (files or {}).items():  # a selection cell's figures, before its result
+        store.write_bytes(rid, name, data)
+    store.remove(rid, "error.json")
+    store.write(rid, "result.json", {"run_id": rid, **result})
+    return "computed", None
+
+
+def compute_in_store(store: Store, suite_name: str, spec: CellSpec, env: dict, compute_fn: Callable[[], dict], *,
+                     force: bool = False, executor: dict | None = None) -> tuple[str, str | None]:
+    """Run `compute_fn()` for the cell `spec` under its lock and file what it returns: (status, error or None),
+    status one of `CELL_STATUSES`."""
+    with begin_cell(store, spec, force) as status:
+        if status is not None:
+            return status, None
+        config = cell_config(spec, suite_name, env, executor)
+        store.write(spec.run_id, "config.json", config)
+        store.remove(spec.run_id, "error.json")
+        try:
+            result = compute_fn()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a failing cell is recorded and the suite goes on
+            return file_outcome(store, spec, config, error=error_message(exc), trace=traceback.format_exc())
+        return file_outcome(store, spec, config, result=result)
+
+
+def compute_cell(store: Store, suite_name: str, spec: CellSpec, env: dict, ctx: RunContext, *,
+                 on_epoch: Callable | None = None, executor: dict | None = None) -> tuple[str, str | None]:
+    """Compute one cell of any kind through the store under its lock: what every executor does with a cell."""
+    return compute_in_store(store, suite_name, spec, env,
+                            lambda: compute(spec, ctx, store.cell_dir(spec.run_id), on_epoch=on_epoch),
+                            force=ctx.force, executor=executor)

@@ -1,0 +1,154 @@
+"""The dry run's projection of the training and EchoSelect stages, in GPU-hours (projections).
+
+Training. Each method declares the data passes of one `fit` (`echobench.training.method.Passes`: network-
+epochs forward + backward over the training split, forward-only passes over training, validation and
+test), from its official stage lengths: under the paper protocol T-Revision trains 20 + 200 + 200
+epochs, Joint Optimization 200 + 120, Identifiability 150 + 100, the two-network methods two networks
+for 200 epochs each. A cell's FLOP are
+
+    3 × F × (train passes × n_train) + F × (forward-only images),
+
+with F the network's forward FLOP per image, counted by `torch.utils.flop_counter.FlopCounterMode`
+on the protocol's network at the dataset's image size (`forward_gflop`; the counts for the paper's
+networks are in reports/gpu/README.md), and backward ≈ 2 × forward (the usual rule for
+convolutional networks).
+
+Seconds on GPU g = FLOP / (peak_g × efficiency), the model of `echobench.reporting.runtime` (peaks in
+`GPUS`). The training efficiency is calibrated by one measurement (`TRAIN_CALIBRATION`): `echobench
+bench train` on an H200 (reports/gpu/bench_train.json; its rate and the fraction of the H200's dense
+peak it sustains are in reports/gpu/README.md, section 1). A projection assumes the same fraction of
+peak on every GPU and network. That assumption is weak for small networks, which are limited by
+memory bandwidth and kernel launches more than by tensor-core peak: older GPUs with lower peaks
+likely run nearer their peak, so their projected hours are likely too high. The methods whose
+training set depends on EchoSelect (`echoselect-only`, `echoalign-released`) are projected at their
+upper bound (every original kept).
+
+EchoSelect. Every cell of a method that uses EchoMod (`echobench.training.method.uses_echomod`), and
+every selection cell, extracts CLIP ViT-B-32 image features of its training split twice: the
+originals and EchoMod's images (`echobench.echoalign.methods.align_task`), `CLIP_VIT_B32_GFLOP` per
+image at 224² (FlopCounterMode on open_clip's ViT-B-32; the count is in reports/gpu/README.md). Its
+efficiency is the paper's own EchoMod efficiency on that GPU (`echobench.reporting.runtime.paper_efficiencies`:
+fp16 inference of transformer and convolution blocks, the nearest measured workload), so it is
+projected for the paper's GPUs only. Cells whose extractor is not CLIP (the `shapes` world's HOG)
+cost no GPU time in this stage.
+
+The paper reports no training or EchoSelect runtimes; these stages have no published figures beside them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import lru_cache
+from typing import Any
+
+from echobench.errors import EchobenchError
+
+# `echobench bench train` on one NVIDIA H200 (scripts/gpu_check.sh, reports/gpu/bench_train.json):
+# the paper protocol's ResNet-18, 32², batch 128, bf16 autocast, channels_last.
+TRAIN_CALIBRATION = {"gpu": "h200", "model": "resnet18", "num_classes": 10, "image_size": 32,
+                     "images_per_s": 13876.8,
+                     "source": "reports/gpu/bench_train.json (`echobench bench train` on one H200, bf16)"}
+CLIP_VIT_B32_GFLOP = 8.73  # image encoder, 224², one image (FlopCounterMode on open_clip's ViT-B-32)
+BACKWARD_FACTOR = 3.0  # forward + backward ≈ 3 × forward
+
+# The official datasets' sizes, so that the projection needs no download: train / test images, side
+# in px, classes. CIFAR-10N/100N relabel CIFAR's 50,000 training images.
+KNOWN_DATASETS = {"cifar10": (50_000, 10_000, 32, 10), "cifar10n": (50_000, 10_000, 32, 10),
+                  "cifar100": (50_000, 10_000, 32, 100), "cifar100n": (50_000, 10_000, 32, 100)}
+PROJECTED_GPUS = ("v100", "rtx4090")  # the paper's GPUs (Tables 6 and 7)
+
+
+def dataset_shape(name: str, options: dict, data_root: str | None = None) -> tuple[int, int, int, int]:
+    """(n_train, n_test, image side, classes) of a dataset: the official sizes for the CIFAR family,
+    else the dataset itself (the synthetic `shapes` world is built here, never downloaded)."""
+    if name in KNOWN_DATASETS:
+        return KNOWN_DATASETS[name]
+    from echobench.harness.train_cell import get_dataset
+
+    data = get_dataset(name, dict(options) if name == "shapes" else {**options, "download": False}, data_root)
+    return len(data.train_labels), len(data.test_labels), int(data.train_images.shape[1]), data.num_classes
+
+
+@lru_cache(maxsize=None)
+def forward_gflop(model: str, num_classes: int, image_size: int) -> float:
+    """Forward GFLOP per image of a network of `echobench.training.networks`, counted on one image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from echobench.training.networks import build_model
+
+    net = build_model(model, num_classes).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops() / 1e9
+
+
+def train_efficiency() -> float:
+    """The fraction of its GPU's peak that the calibration measurement sustained."""
+    from echobench.reporting.runtime import GPUS
+
+    c = TRAIN_CALIBRATION
+    flop_per_s = c["images_per_s"] * BACKWARD_FACTOR * forward_gflop(c["model"], c["num_classes"], c["image_size"]) * 1e9
+    return flop_per_s / (GPUS.get(c["gpu"]).peak_tflops * 1e12)
+
+
+def cell_gflop(spec, data_root: str | None = None) -> float:
+    """Projected GFLOP of one training cell (`RunSpec`), from its method's `passes`."""
+    from echobench.training.method import METHODS
+    from echobench.training.protocols import Protocol
+
+    n, n_test, side, classes = dataset_shape(spec.dataset, spec.dataset_options, data_root)
+    protocol = Protocol(**{**spec.protocol, "milestones": tuple(spec.protocol["milestones"])})
+    n_train = int(round(n * (1.0 - protocol.val_fraction)))  # as noise.split_train_val
+    n_val = n - n_train
+    method = METHODS.get(spec.method)
+    p = method.passes(method.resolve_params(spec.dataset, spec.method_params), protocol)
+    f = forward_gflop(protocol.resolved_model(classes), classes, side)
+    forward_only = p.train_forward * n_train + p.evaluations * (n_val + n_test) + p.val_forward * n_val
+    return f * (BACKWARD_FACTOR * p.train * n_train + forward_only)
+
+
+def _hours(gflop: float, efficiency_by_gpu: dict[str, float]) -> dict[str, float]:
+    from echobench.reporting.runtime import GPUS
+
+    # three significant digits: a small suite's hours are not rounded to zero
+    return {g: float(f"{gflop * 1e9 / (GPUS.get(g).peak_tflops * 1e12 * e) / 3600:.3g}") for g, e in efficiency_by_gpu.items()}
+
+
+def training_projection(cells, data_root: str | None = None) -> dict[str, Any]:
+    """Projected GPU-hours of the training stage, per method and in total (projections)."""
+    eff = train_efficiency()
+    per_method: dict[str, float] = defaultdict(float)
+    unavailable: dict[str, str] = {}
+    for spec in cells:
+        try:
+            per_method[spec.method] += cell_gflop(spec, data_root)
+        except EchobenchError as exc:
+            unavailable[spec.dataset] = str(exc).splitlines()[0]
+    gpus = {g: eff for g in PROJECTED_GPUS}
+    return {"basis": f"{BACKWARD_FACTOR:g} × forward FLOP per trained image at {eff:.1%} of peak, calibrated by "
+                     f"{TRAIN_CALIBRATION['source']} (projection)",
+            "efficiency": round(eff, 4),
+            "per_method": {m: _hours(f, gpus) for m, f in sorted(per_method.items())},
+            "total": _hours(sum(per_method.values()), gpus), "unavailable": unavailable}
+
+
+def echoselect_projection(cells, selection=(), data_root: str | None = None) -> dict[str, Any]:
+    """Projected GPU-hours of EchoSelect's CLIP features over the cells of the methods that use EchoMod
+    and the selection cells."""
+    from echobench.echoalign.features import default_extractor
+    from echobench.reporting.runtime import paper_efficiencies
+    from echobench.training.method import uses_echomod
+
+    images = 0
+    settings = [(c.dataset, c.dataset_options, c.protocol, c.method_params) for c in cells if uses_echomod(c.method)]
+    settings += [(s.dataset, s.dataset_options, s.protocol, s.params) for s in selection]
+    for dataset, options, protocol, params in settings:
+        if (params.get("extractor") or default_extractor(dataset)) != "open_clip":
+            continue
+        n = dataset_shape(dataset, options, data_root)[0]
+        images += 2 * int(round(n * (1.0 - protocol["val_fraction"])))  # originals and modified
+    eff = {g: row["efficiency"] for g, row in paper_efficiencies().items()}
+    return {"basis": f"CLIP ViT-B-32, {CLIP_VIT_B32_GFLOP} GFLOP per image, at the paper's EchoMod efficiency "
+                     "per GPU (projection)",
+            "images": images, **_hours(images * CLIP_VIT_B32_GFLOP, eff)}
