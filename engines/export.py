@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from echobench import paths
 from echobench.errors import EchobenchError
 
 from echobench.engines.step_shapes import BATCHED_INPUTS, INPUT_NAMES, OUTPUT_NAME, StepShapes
@@ -54,20 +55,9 @@ EXTERNAL_DATA_BYTES = 2**31 - 2**27
 def engine_cache_root(explicit: str | os.PathLike | None = None) -> Path:
     """Where engines keep what they build: `explicit` (the caller's choice, e.g. an engine's
     `cache_dir` option), else $ECHOBENCH_ENGINE_CACHE, else an `_engines` folder under EchoMod's image
-    cache root ($ECHOBENCH_CACHE, else `<data root>/echomod`, as `echobench.echoalign.cache.cache_root`
-    resolves it), so that tests, which point that root at a temporary directory, never write to the
-    user's cache. Resolved here from the same variables: engines do not import EchoMod."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("ECHOBENCH_ENGINE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    images = os.environ.get("ECHOBENCH_CACHE")
-    if images:
-        return Path(images).expanduser() / "_engines"
-    from echobench.data.base import data_root
-
-    return data_root() / "echomod" / "_engines"
+    cache (see `echobench.paths`), so that tests, which point that cache at a temporary directory,
+    never write to the user's."""
+    return paths.engine_cache(explicit)
 
 
 def model_digest(*modules: Any) -> str:

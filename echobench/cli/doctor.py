@@ -9,7 +9,8 @@ from typing import Any
 
 from echobench.cli.options import add_json, context
 from echobench.environment import cpu_name, git_revision, package_versions
-from echobench.harness.context import DATA_ENV, RunContext, environment_settings
+from echobench.harness.context import RunContext
+from echobench.paths import DATA_ENV, settings
 
 # extra → the modules it provides (see pyproject.toml's optional-dependencies)
 EXTRAS = {
@@ -43,7 +44,7 @@ def doctor_report(ctx: RunContext) -> dict[str, Any]:
         "extras_detail": extras,
         "devices": {"cpu": cpu_name(), "cpu_threads": torch.get_num_threads(), "cuda": gpus},
         "data_root": str(root),
-        "data_root_from": f"${DATA_ENV}" if DATA_ENV in environment_settings() else "default (~/.cache/echobench)",
+        "data_root_from": f"${DATA_ENV}" if DATA_ENV in settings() else "default (~/.cache/echobench)",
         "cached_datasets": files,
         "echomod_cache": ctx.cache_dir,
         "engine_cache": str(engine_cache_root()),

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from echobench.errors import EchobenchError
+from echobench.paths import data_root
 from echobench.registry import Registry
-
-DATA_ENV = "ECHOBENCH_DATA"
 
 
 @dataclass
@@ -42,15 +40,6 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """Where downloads are cached: `--data-root`, else $ECHOBENCH_DATA, else ~/.cache/echobench."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    return Path.home() / ".cache" / "echobench"
 
 
 # A loader is called as loader(root: Path, **options) -> Dataset.

@@ -28,7 +28,8 @@ import numpy as np
 
 from echobench.errors import EchobenchError
 from echobench.data.safe_pickle import UnsafePickleError, safe_loads
-from echobench.data.base import DATA_ENV, Dataset
+from echobench.data.base import Dataset
+from echobench.paths import DATA_ENV
 
 # A download that stalls this long (per socket operation) is treated as "no network".
 DOWNLOAD_TIMEOUT_S = 20.0

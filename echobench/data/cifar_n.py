@@ -37,7 +37,8 @@ import numpy as np
 from echobench.errors import EchobenchError
 from echobench.data.safe_pickle import read_torch_zip_pickle
 from echobench.data import cifar
-from echobench.data.base import DATA_ENV, Dataset, data_root
+from echobench.data.base import Dataset
+from echobench.paths import DATA_ENV, data_root
 
 NUM_TRAIN = 50_000
 DOWNLOAD_TIMEOUT_S = 20.0

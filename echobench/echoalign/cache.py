@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from echobench.data.base import data_root
+from echobench import paths
 from echobench.echoalign.echomod import Modifier, config_digest, sample_seeds
 from echobench.files import atomic_write_json
 
@@ -56,11 +56,8 @@ def split_pair_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cache_root(explicit: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None) -> Path:
-    """`explicit`, else $ECHOBENCH_CACHE, else `<data root>/echomod` (data root: `data_dir` or its default)."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("ECHOBENCH_CACHE")
-    return Path(env).expanduser() if env else data_root(data_dir) / "echomod"
+    """`explicit`, else $ECHOBENCH_CACHE, else `<data root>/echomod` (see `echobench.paths`)."""
+    return paths.echomod_cache(explicit, data_dir)
 
 
 def dataset_key(name: str, options: dict[str, Any] | None) -> str:
