@@ -229,7 +229,7 @@ else
 fi
 
 # --- (e) runtime report ------------------------------------------------------------------------------
-# `bench engines --json` → the measurement schema of echobench/runtime_report.py, one measurement per
+# `bench engines --json` → the measurement schema of echobench/reporting/runtime.py, one measurement per
 # row (engine or the diffusers reference) and batch size that has a rate; rows and batch sizes without
 # one (unavailable engine, unsupported batch size) are listed under "skipped" with the reason. The
 # keys read are documented in scripts/README.md; both layouts there are accepted.

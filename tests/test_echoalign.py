@@ -32,6 +32,33 @@ def test_echoalign_is_deterministic_and_reuses_the_cache(tiny_run):
     assert other["diagnostics"]["cache"]["cached"] > 0.5 * other["sizes"]["train"]
 
 
+def test_which_methods_use_echomod_is_declared_once():
+    """`uses_echomod` (the dry run, the EchoSelect projection, the executors' generation) is the method
+    class's flag: exactly the methods whose hyperparameters are EchoAlign's."""
+    from echobench.echoalign.methods import EchoAlignParams
+    from echobench.training.method import METHODS, uses_echomod
+
+    assert {m for m in METHODS if uses_echomod(m)} == set(ALIGNING)
+    assert all(uses_echomod(m) == issubclass(METHODS.get(m).Params, EchoAlignParams) for m in METHODS)
+
+
+def test_a_shard_of_the_pairs_is_the_pairs_of_its_cache_shards():
+    from echobench.echoalign.cache import SHARD_SIZE
+    from echobench.echoalign.methods import EchoAlignParams, modify_task_pairs
+    from echobench.harness.setting import setting_task
+
+    task, _ = setting_task("shapes", {"n_train": 2200, "n_test": 20, "image_size": 16}, "symmetric:0.5", 3)
+    whole = modify_task_pairs(task, EchoAlignParams())
+    assert len(whole.indices) == len(task.train) == whole.stats.requested and whole.modified.shape == whole.originals.shape
+    parts = [modify_task_pairs(task, EchoAlignParams(), shard=(i, 2)) for i in range(2)]
+    for i, part in enumerate(parts):
+        assert len(part.indices) and ((part.indices // SHARD_SIZE) % 2 == i).all()
+        assert part.stats.generated == 0  # all cached above
+    mine = (whole.indices // SHARD_SIZE) % 2 == 0
+    assert (parts[0].modified == whole.modified[mine]).all() and (parts[0].labels == whole.labels[mine]).all()
+    assert sum(len(p.indices) for p in parts) == len(whole.indices)
+
+
 def test_selection_separates_clean_from_noisy_on_shapes():
     from echobench.echoalign.methods import EchoAlignParams
     from echobench.harness.setting import select_report, setting_task

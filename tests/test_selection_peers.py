@@ -1,4 +1,4 @@
-"""Sample-selection peers (baselines/selection.py) and the kNN benchmark (echobench/bench.py)."""
+"""Sample-selection peers (baselines/selection.py) and the kNN benchmark (echobench/bench/knn.py)."""
 
 import builtins
 

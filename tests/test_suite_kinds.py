@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from echobench.errors import EchobenchError
-from echobench.reporting.kind_reports import links
+from echobench.reporting.index_page import links
 from echobench.harness.store import Store
 from echobench.harness.suite import load_suite, parse_suite
 

@@ -46,3 +46,84 @@ def test_channel_stats_in_chunks_match_the_direct_computation():
     mean, std = channel_stats(x, chunk=37)
     ref = x.reshape(-1, 3) / 255.0
     assert np.allclose(mean, ref.mean(0), atol=1e-12) and np.allclose(std, ref.std(0), atol=1e-6)
+
+
+# --- the one CE epoch loop -------------------------------------------------------------------------------
+
+def _random_task(n: int = 96, classes: int = 3, side: int = 8):
+    """A Task on random uint8 images (the loop's mechanics, not learning)."""
+    import numpy as np
+
+    from echobench.training.protocols import get_protocol
+    from echobench.training.trainer import DeviceSplit, History, Normalizer, Task
+
+    rng = np.random.default_rng(0)
+    device = torch.device("cpu")
+
+    def split(m: int, offset: int) -> DeviceSplit:
+        images = rng.integers(0, 256, (m, side, side, 3), dtype=np.uint8)
+        return DeviceSplit.from_numpy(images, rng.integers(0, classes, m), np.arange(offset, offset + m), device)
+
+    protocol = get_protocol("smoke", {"epochs": 4, "crop_padding": 1})
+    return Task("random", classes, [str(c) for c in range(classes)], split(n, 0), split(32, n), split(32, n + 32),
+                protocol, device, 0, "symmetric", 0.3, Normalizer(np.full(3, 0.5), np.full(3, 0.25), device), History())
+
+
+def test_train_epochs_records_each_epoch_with_its_stage():
+    from echobench.training.trainer import train_epochs
+
+    task = _random_task()
+    model = task.new_model()
+    optimizer = task.new_optimizer(model.parameters())
+    run = train_epochs(task, model, optimizer, task.generator("batches"), 3, first_epoch=5, stage=1,
+                       number_stage_epochs=True)
+    assert run.last_epoch == 8 and run.kept_epoch == 3 and run.val_accs == []
+    assert [r.epoch for r in task.history.records] == [6, 7, 8]
+    assert [r.extra for r in task.history.records] == [{"stage": 1.0, "stage_epoch": float(e)} for e in (1, 2, 3)]
+
+
+def test_train_epochs_keeps_the_best_validation_epoch_without_recording():
+    from echobench.training.trainer import model_state, train_epochs
+
+    task = _random_task()
+    model = task.new_model()
+    optimizer = task.new_optimizer(model.parameters())
+    states = []
+    real_accuracy = task.accuracy
+
+    def accuracy(m, split):  # validation accuracies 0.5, 0.9, 0.9, 0.1: the first best is epoch 2
+        states.append(model_state(m))
+        return [0.5, 0.9, 0.9, 0.1][len(states) - 1] if split is task.val else real_accuracy(m, split)
+
+    task.accuracy = accuracy
+    run = train_epochs(task, model, optimizer, task.generator("batches"), 4, record=False, keep="best_val")
+    assert run.kept_epoch == 2 and run.val_accs == [0.5, 0.9, 0.9, 0.1] and not task.history.records
+    assert all(torch.equal(v, states[1][k]) for k, v in model.state_dict().items())
+
+
+def test_train_epochs_is_the_loop_of_a_plain_ce_run():
+    """The same epochs written out by hand (Task.train_epoch, then the scheduler) give the same weights."""
+    import torch.nn.functional as F
+
+    from echobench.training.trainer import train_epochs
+
+    task = _random_task()
+    a, b = task.new_model(), task.new_model()
+    opt_a, opt_b = task.new_optimizer(a.parameters()), task.new_optimizer(b.parameters())
+    sched_a, sched_b = task.new_scheduler(opt_a), task.new_scheduler(opt_b)
+    train_epochs(task, a, opt_a, task.generator("batches"), 2, scheduler=sched_a, record=False)
+    generator = task.generator("batches")
+    for _ in range(2):
+        task.train_epoch(b, opt_b, generator, lambda logits, y, idx: F.cross_entropy(logits, y))
+        sched_b.step()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_an_unknown_keep_rule_is_a_user_error():
+    from echobench.errors import EchobenchError
+    from echobench.training.trainer import train_epochs
+
+    task = _random_task()
+    model = task.new_model()
+    with pytest.raises(EchobenchError, match="keep must be"):
+        train_epochs(task, model, task.new_optimizer(model.parameters()), task.generator("b"), 1, keep="best_test")

@@ -17,8 +17,9 @@ resolved to their full values) hashes to a stable run id: the same experiment al
 same cell directory, whichever suite asked for it.
 
 Kinds. A suite, or one of its blocks, has a `kind` (default `train`, the cells above). Two more kinds
-cover the paper's tables that are not training runs; their cells are run by `echobench.harness.cell_kinds`, never
-by the training runner, and `Suite.expand` returns training cells only:
+cover the paper's tables that are not training runs; their cells go through the same runner and
+executors (`echobench.harness.cells` dispatches on the kind), and `Suite.expand` returns training
+cells only:
 
 - `selection` (the paper's Table 4, §5.3): one `SelectionSpec` per dataset × noise × seed, EchoSelect
   and the peer selectors measured on that setting's training split (`echobench select` as a cell).

@@ -7,7 +7,7 @@ them needs each cell's noisy labels and split, exactly as the runner draws them,
 dataset's labels (and images, for instance-dependent noise); a dataset that is not available here is
 reported as such instead of guessed.
 
-The selection cells of the paper's Table 4 (`echobench.harness.cell_kinds`) run EchoMod on their settings too:
+The selection cells of the paper's Table 4 (`echobench.harness.selection_cell`) run EchoMod on their settings too:
 their pairs are counted with the training cells' (they are the `echoalign` cells' pairs where the
 settings coincide, as in the `paper` suite). Runtime cells generate from random inputs, not pairs.
 

@@ -615,7 +615,7 @@ def format_runtime_report(doc: dict[str, Any], no_measurement_note: str | None =
     elif not doc["measurement_given"]:
         lines.append("No measurement was given: no EchoMod run of ours is in this report, only the paper's numbers, "
                      "the compute model, its floors and the paper-calibrated projections. Pass a measurement file "
-                     "(`echobench report --runtime MEASUREMENT.json`; schema in `echobench/runtime_report.py`).\n")
+                     "(`echobench report --runtime MEASUREMENT.json`; schema in `echobench/reporting/runtime.py`).\n")
     for m in doc["measurements"]:
         lines += _md_measurement(m)
     return "\n".join(lines).rstrip() + "\n"

@@ -9,9 +9,9 @@ the top three are bold. Which accuracy is tabulated is chosen with `metric`:
 - `last`: test accuracy after the last epoch;
 - `oracle`: best test accuracy over epochs (peeks at the test set; what the released EchoAlign code reports).
 
-A results directory may also hold cells of the other suite kinds (`echobench.harness.cell_kinds`): `write_reports`
+A results directory may also hold cells of the other suite kinds (`echobench.harness.selection_cell`, `runtime_cell`): `write_reports`
 adds Table 4 from the selection cells and the runtime report from the runtime cells
-(`echobench.reporting.kind_reports`), and writes `index.md`, one page linking every file and figure with the
+(`echobench.reporting.table4`, `runtime_tables`, `index_page`), and writes `index.md`, one page linking every file and figure with the
 configuration and environments of the runs.
 """
 
@@ -80,7 +80,7 @@ def collect(results_dir: str | Path, metric: str = "best_val") -> tuple[list[Tab
     info = {"suite": store.owner(), "finished": 0, "failed": 0, "pending": 0, "environments": {}}
     for rid, config, result, error in store.iter_cells():
         if config.get("kind", "train") != "train":
-            continue  # selection and runtime cells: echobench.kind_reports
+            continue  # selection and runtime cells: reporting.table4 and reporting.runtime_tables
         spec = config["spec"]
         if result is None:
             info["failed" if error else "pending"] += 1
@@ -222,8 +222,9 @@ def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str
     Training cells: report.{md,tex,csv} (Tables 1–3 layout, the paper's numbers beside ours where it
     has them); selection cells: Table 4 in report.md; runtime cells: runtime.{md,json}; always
     report.json and index.md, the page that links everything. "written" lists the files written."""
-    from echobench.reporting.kind_reports import (collect_cells, commands, runtime_document, runtime_markdown, table4_document,
-                               table4_markdown, write_index)
+    from echobench.reporting.index_page import collect_cells, commands, write_index
+    from echobench.reporting.runtime_tables import runtime_document, runtime_markdown
+    from echobench.reporting.table4 import table4_document, table4_markdown
 
     tables, info = collect(results_dir, metric)
     kinds = collect_cells(results_dir)

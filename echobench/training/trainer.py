@@ -1,5 +1,6 @@
 """Training machinery shared by every method: data on the device, batched augmentation, the epoch
-loop's pieces, evaluation and the per-epoch history.
+loop's pieces, evaluation, the per-epoch history, and the one CE epoch loop (`train_epochs`) that the
+EchoAlign methods, the multi-stage methods' warm-up and the selection peers' networks all run.
 
 Data stays put (after KellerJordan/cifar10-airbench `airbench/utils.py`): each split is one uint8
 tensor moved to the device once; shuffling is a `torch.randperm` and pad-crop + flip are done on the
