@@ -41,7 +41,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from echobench.echoalign.diffusion_configs import (  # noqa: E402
-    MODELS, SD15_CONTROLNET, SD15_UNET, TINY_RESOLUTION, build_components, default_resolution, parameter_counts,
+    DIFFUSION_CONFIGS, SD15_CONTROLNET, SD15_UNET, TINY_RESOLUTION, build_components, default_resolution, parameter_counts,
 )
 from echobench.echoalign.echomod import ENGINES, make_modifier  # noqa: E402
 from echobench.echoalign.diffusion import (  # noqa: E402
@@ -463,7 +463,7 @@ def test_model_configs():
     """sd15 is written out from the public checkpoints' config.json files: the parameter counts on
     torch's meta device match the published ones (UNet 859.5 M, VAE 83.7 M, CLIP text 123.1 M;
     ControlNet canny 361.3 M)."""
-    assert set(MODELS) == {"sd15", "tiny"} and default_resolution("sd15") == 512
+    assert set(DIFFUSION_CONFIGS) == {"sd15", "tiny"} and default_resolution("sd15") == 512
     assert default_resolution("tiny") == TINY_RESOLUTION
     assert SD15_UNET["block_out_channels"] == SD15_CONTROLNET["block_out_channels"] == (320, 640, 1280, 1280)
     assert SD15_UNET["cross_attention_dim"] == SD15_CONTROLNET["cross_attention_dim"] == 768

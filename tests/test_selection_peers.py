@@ -160,15 +160,16 @@ def tiny_selection_task():
     """The tiny shapes setting (conftest) at 30% symmetric noise, built as the runner builds a cell."""
     from conftest import TINY_DATASET, TINY_PROTOCOL
 
-    from echobench.harness.train_cell import build_task, get_dataset, make_noisy_labels
+    from echobench.harness.context import default_context
     from echobench.harness.suite import parse_suite
+    from echobench.harness.train_cell import build_task, get_dataset, make_noisy_labels
 
     suite = parse_suite({"name": "tiny-selection", "datasets": {"shapes": TINY_DATASET}, "noise": ["symmetric:0.3"],
                          "methods": ["ce"], "seeds": [1], "protocol": TINY_PROTOCOL}, "tests")
     (spec,) = suite.expand()
     dataset = get_dataset(spec.dataset, spec.dataset_options, None)
     noisy = make_noisy_labels(spec, dataset)
-    task, (train_idx, val_idx) = build_task(spec, dataset, noisy, "cpu")
+    task, (train_idx, val_idx) = build_task(spec, dataset, noisy, default_context(device="cpu"))
     return {"task": task, "noisy": noisy.labels, "clean": dataset.train_labels, "train_idx": train_idx, "val_idx": val_idx}
 
 

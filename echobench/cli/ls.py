@@ -25,7 +25,7 @@ def cmd_ls(args) -> int:
     from echobench.echoalign.echomod import ENGINES
     from echobench.echoalign.features import EXTRACTORS
     from echobench.training.method import METHODS
-    from echobench.training.networks import MODELS
+    from echobench.training.networks import NETWORKS
     from echobench.data.noise import NOISES
     from echobench.training.protocols import PROTOCOLS
     from echobench.reporting.runtime import GPUS
@@ -33,7 +33,7 @@ def cmd_ls(args) -> int:
     from echobench.harness.suite import SUITES, load_suite
 
     registry = {"datasets": DATASETS, "noises": NOISES, "methods": METHODS, "selectors": SELECTORS,
-                "suites": SUITES, "protocols": PROTOCOLS, "models": MODELS, "engines": ENGINES,
+                "suites": SUITES, "protocols": PROTOCOLS, "models": NETWORKS, "engines": ENGINES,
                 "extractors": EXTRACTORS, "gpus": GPUS}[args.what]
     names = registry.names()
     details = {n: load_suite(n).description for n in names} if args.what == "suites" else {}

@@ -52,15 +52,17 @@ def add_parser(add) -> None:
 
 
 def cmd_run(args) -> int:
-    from echobench.harness.executors import make_executor
+    from echobench.harness.executors import check_executor_args, make_executor
     from echobench.harness.suite import load_suite
 
     ctx = context(args)
+    if args.dry_run:  # the options are checked, but no executor is set up: a named device need not be at hand
+        check_executor_args(args.executor, args.workers, args.address)
+        suite = load_suite(args.suite)
+        return _dry_run(args, ctx, suite, Path(args.out or Path("runs") / suite.name))
     executor = make_executor(args.executor, ctx, workers=args.workers, address=args.address)
     suite = load_suite(args.suite)
     out = Path(args.out or Path("runs") / suite.name)
-    if args.dry_run:
-        return _dry_run(args, ctx, suite, out)
     from echobench.harness.runner import run_suite
     from echobench.reporting.tables import write_reports
 

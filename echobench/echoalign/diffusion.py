@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from echobench.echoalign.diffusion_configs import MODELS, build_components, load_checkpoints, load_tiny_vae
+from echobench.echoalign.diffusion_configs import DIFFUSION_CONFIGS, build_components, load_checkpoints, load_tiny_vae
 from echobench.engines.options import EngineSettings, check_option_names, coerce_option, resolve_dtype, torch_dtype
 from echobench.engines.registry import ENGINES, diffusion_engines
 from echobench.engines.step_shapes import StepShapes
@@ -67,7 +67,7 @@ class DiffusionConfig:
     with unet/, vae/, text_encoder/, tokenizer/, scheduler/; a ControlNet folder with config.json).
     `dtype`: "auto" is float16 on a GPU (the paper's mixed precision) and float32 on a CPU.
     `batch_size` changes only speed and memory, never the images.
-    `model` names an architecture in `echobench.echoalign.diffusion_configs.MODELS`: "sd15" loads `base_model`
+    `model` names an architecture in `echobench.echoalign.diffusion_configs.DIFFUSION_CONFIGS`: "sd15" loads `base_model`
     and `controlnet`; "tiny" is the small test model (built locally, run at its own resolution unless
     `resolution` is given). `random_init`: the named architecture with random weights instead (same
     compute, nothing downloaded; for timing only, the images are noise).
@@ -98,8 +98,8 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.model not in MODELS:
-            problems.append(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        if self.model not in DIFFUSION_CONFIGS:
+            problems.append(f"unknown model {self.model!r}; known: {', '.join(DIFFUSION_CONFIGS)}")
         if self.resolution <= 0 or self.resolution % 8:
             problems.append(f"resolution must be a positive multiple of 8 (got {self.resolution})")
         if not (0 <= self.canny_low <= 255 and 0 <= self.canny_high <= 255):
@@ -442,8 +442,8 @@ def resolve_options(engine: str, options: dict[str, Any], device: str):
     engine_options = {k: v for k, v in options.items() if k in engine_defaults}
     diffusion_options = {k: v for k, v in options.items() if k not in engine_defaults}
     model = str(diffusion_options.get("model", diffusion_defaults["model"]))
-    if model in MODELS and "resolution" not in diffusion_options:
-        diffusion_options["resolution"] = MODELS[model].resolution
+    if model in DIFFUSION_CONFIGS and "resolution" not in diffusion_options:
+        diffusion_options["resolution"] = DIFFUSION_CONFIGS[model].resolution
     config = DiffusionConfig.from_options(diffusion_options)
     dtype = resolve_dtype(config.dtype, device)
     settings = settings_cls.from_options(engine_options, device, config.dtype)

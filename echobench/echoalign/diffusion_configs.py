@@ -123,7 +123,7 @@ class ModelSpec:
     controlnet_checkpoint: str | None = None
 
 
-MODELS: dict[str, ModelSpec] = {
+DIFFUSION_CONFIGS: dict[str, ModelSpec] = {
     "sd15": ModelSpec(
         "sd15", "Stable Diffusion 1.5 + canny ControlNet (the paper's EchoMod model)", 512,
         SD15_UNET, SD15_CONTROLNET, SD15_VAE, SD15_TEXT_ENCODER, SD15_SCHEDULER_CONFIG,
@@ -140,9 +140,9 @@ PARTS = ("unet", "controlnet", "vae", "text_encoder")
 
 def model_spec(name: str) -> ModelSpec:
     """The configuration called `name` (an EchobenchError with suggestions otherwise)."""
-    if name not in MODELS:
-        raise unknown_name_error("model", name, list(MODELS))
-    return MODELS[name]
+    if name not in DIFFUSION_CONFIGS:
+        raise unknown_name_error("model", name, list(DIFFUSION_CONFIGS))
+    return DIFFUSION_CONFIGS[name]
 
 
 def build_components(name: str, *, random_init: bool = False, device: str = "cpu", dtype: Any = "auto",

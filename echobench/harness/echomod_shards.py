@@ -29,14 +29,7 @@ import numpy as np
 
 from echobench.harness.context import RunContext
 from echobench.harness.suite import RunSpec
-
-
-def uses_echomod(spec: RunSpec) -> bool:
-    """Whether the cell's method runs EchoMod (its hyperparameters are EchoAlign's)."""
-    from echobench.echoalign.methods import EchoAlignParams
-    from echobench.training.method import METHODS
-
-    return issubclass(getattr(METHODS.get(spec.method), "Params", type(None)), EchoAlignParams)
+from echobench.training.method import uses_echomod
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ def group_key_of(spec: RunSpec) -> str | None:
     """The generation group a cell reads from, or None when its method does not use EchoMod."""
     from echobench.echoalign.echomod import default_engine
 
-    if not uses_echomod(spec):
+    if not uses_echomod(spec.method):
         return None
     p = spec.method_params
     return generator_key(spec.dataset, spec.dataset_options, p.get("engine") or default_engine(spec.dataset),

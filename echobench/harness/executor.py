@@ -47,7 +47,6 @@ class InlineExecutor(Executor):
         if not cells:
             return
         ctx = ctx.replace(device=ctx.resolved_device)
-        ctx.apply_threads()
         env = environment(ctx.device)
         for spec in cells:
             epochs = tqdm(total=spec.protocol["epochs"] if spec.kind == "train" else 0, desc=spec.label(),

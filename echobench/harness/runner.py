@@ -89,6 +89,7 @@ def run_suite(suite: Suite, out: str | Path, ctx: RunContext | None = None, exec
 
     ctx = ctx or RunContext.resolve(device="cpu")
     executor = executor or InlineExecutor()
+    ctx.apply_threads()  # for the cells computed in this process (worker processes and Ray tasks set their own)
     device = ctx.resolved_device
     selection, train, runtime = plan_cells(suite, seeds, device)
     store = Store(out)

@@ -408,7 +408,7 @@ def _positive_int(value: Any, what: str, source: str) -> int:
 def _normalize_runtime(runtime: Any, source: str) -> dict:
     """A runtime block's `runtime:` mapping → {device type: variant with every key filled in}."""
     from echobench.bench.engines import parse_row
-    from echobench.echoalign.diffusion_configs import MODELS
+    from echobench.echoalign.diffusion_configs import DIFFUSION_CONFIGS
     from echobench.echoalign.echomod import ENGINES
 
     if not isinstance(runtime, dict) or not runtime or set(runtime) - set(RUNTIME_DEVICES):
@@ -420,8 +420,8 @@ def _normalize_runtime(runtime: Any, source: str) -> dict:
         variant = variant or {}
         _check_mapping(variant, RUNTIME_KEYS, source, f"`{where}`")
         config = variant.get("config", "tiny")
-        if config not in MODELS:
-            raise unknown_name_error("model configuration", str(config), sorted(MODELS))
+        if config not in DIFFUSION_CONFIGS:
+            raise unknown_name_error("model configuration", str(config), sorted(DIFFUSION_CONFIGS))
         engines = variant.get("engines", ["eager"])
         engines = [engines] if isinstance(engines, str) else engines
         if not isinstance(engines, list) or not engines:
@@ -437,7 +437,7 @@ def _normalize_runtime(runtime: Any, source: str) -> dict:
         out[device_type] = {
             "config": config, "random_init": random_init or config == "tiny",  # tiny is always random weights
             "engines": [str(e) for e in engines],
-            "resolutions": _positive_ints(variant.get("resolutions", [MODELS[config].resolution]), f"{where}.resolutions", source),
+            "resolutions": _positive_ints(variant.get("resolutions", [DIFFUSION_CONFIGS[config].resolution]), f"{where}.resolutions", source),
             "batch_sizes": _positive_ints(variant.get("batch_sizes", [4]), f"{where}.batch_sizes", source),
             "steps": _positive_int(variant.get("steps", 20), f"{where}.steps", source),
             "repeats": _positive_int(variant.get("repeats", 1), f"{where}.repeats", source),

@@ -15,7 +15,6 @@ from echobench.registry import Registry
 # name a network with `model:`, and `echobench ls models` lists these (not the diffusion configs of
 # `echobench.echoalign.diffusion_configs`).
 NETWORKS: Registry[Callable] = Registry("model")
-MODELS = NETWORKS  # temporary alias for the command line; to be removed
 
 
 def _nn():
