@@ -75,6 +75,7 @@ def test_training_is_deterministic(trained, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow  # 66 s; the other stages' tests run in the default set
 def test_the_vae_learns(monkeypatch, tmp_path):
     """The reconstruction loss of the second 50 steps is below that of the first 50."""
     from echobench.echoalign import generator_training as echomod_training

@@ -178,7 +178,10 @@ def test_compile_options_are_checked():
     assert CompileConfig().resolve("cpu").vae is False and CompileConfig(vae=True).resolve("cpu").vae is True
 
 
-@pytest.mark.parametrize("engine, options", [("eager", {}), ("compile", {"backend": "aot_eager"})])
+@pytest.mark.parametrize("engine, options", [
+    ("eager", {}),
+    pytest.param("compile", {"backend": "aot_eager"}, marks=pytest.mark.slow),  # 10 s; compile parity runs by default
+])
 def test_fused_attention_projections_match_eager(engine, options, reference):
     """fuse_qkv=true: one projection matmul per attention layer, on modules of their own (the engine
     fuses in place); unfusing gives the modules back their own attention processors."""
@@ -226,6 +229,7 @@ def onnx_modifier(components, engine_cache):
     return modifier("onnxruntime", components, cache_dir=engine_cache)
 
 
+@pytest.mark.slow  # the export takes ~25 s; test_onnx_graph_is_reused_and_rebuilt_when_its_key_changes runs the engine by default
 @pytest.mark.onnx
 def test_onnxruntime_matches_eager(onnx_modifier, reference):
     """The default exporter (dynamo) and the CPU provider, on one thread like torch."""

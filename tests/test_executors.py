@@ -88,14 +88,14 @@ def test_gpu_workers_are_pinned_round_robin_to_the_visible_gpus(monkeypatch):
 
     monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cuda")
     monkeypatch.setattr(executors, "visible_gpus", lambda: ["2", "5"])
-    auto = RunContext(device="auto")
+    auto = RunContext.resolve(device="auto")
     plan = executors.local_plan(auto)
     assert plan.workers == 2 and plan.gpus == ("2", "5") and plan.device == "cuda"
     assert executors.local_plan(auto, workers=3).gpus == ("2", "5", "2")
     assert executors.local_plan(auto, workers=1).workers == 1
     monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cpu")
-    cpu = executors.local_plan(RunContext(device="cpu", threads=1), workers=2)
-    assert cpu.gpus == (None, None) and cpu.threads == 1 and executors.local_plan(RunContext(device="cpu")).workers == 1
+    cpu = executors.local_plan(RunContext.resolve(device="cpu", threads=1), workers=2)
+    assert cpu.gpus == (None, None) and cpu.threads == 1 and executors.local_plan(RunContext.resolve(device="cpu")).workers == 1
 
 
 def test_visible_gpus_honour_cuda_visible_devices(monkeypatch):
@@ -233,6 +233,7 @@ def mixed_in_process(tmp_path_factory):
     return run_mixed("local", tmp_path_factory.mktemp("mixed") / "one", device="cpu", workers=1)
 
 
+@pytest.mark.slow  # workers and selection cells are each covered by a faster default test
 def test_local_workers_compute_selection_cells_too(mixed_in_process, tmp_path):
     one, sel, _ = mixed_in_process
     two, sel2, config = run_mixed("local", tmp_path / "two", device="cpu", workers=2)
@@ -351,6 +352,7 @@ def test_sigkill_of_a_worker_mid_suite_then_rerun_completes(tmp_path, subprocess
     assert summary["computed"] == 1
 
 
+@pytest.mark.slow  # 14 s; a killed worker (the default set) is the commoner fault
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
 def test_sigkill_of_the_driver_mid_suite_takes_its_workers_and_rerun_completes(tmp_path, subprocess_env):
     proc, cmd, out = start_run(tmp_path, subprocess_env, "--workers", "2")
@@ -375,6 +377,7 @@ def test_sigkill_of_the_driver_mid_suite_takes_its_workers_and_rerun_completes(t
     rerun_and_check(cmd, subprocess_env, out, done_before)
 
 
+@pytest.mark.slow  # 31 s; the Ray executor's results are checked in the default set
 @pytest.mark.ray
 def test_sigkill_of_the_ray_driver_mid_suite_then_rerun_completes(tmp_path, subprocess_env):
     pytest.importorskip("ray")

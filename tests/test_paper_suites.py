@@ -115,6 +115,7 @@ def write_full_cifar(root, name, train_labels, monkeypatch, seed=0):
     monkeypatch.setattr(cifar, "_spec", lambda n, before=before: patched if n == name else before(n))
 
 
+@pytest.mark.slow  # 25 s on official-sized data; the small-data dry-run tests run by default
 def test_paper_dry_run_pair_counts_on_official_sized_data(cli, tmp_path, monkeypatch, cifar10n_file):
     """The paper suite's distinct EchoMod pairs per dataset, on CIFAR-format data of the official sizes
     (random images; CIFAR-10's labels are the real CIFAR-10N file's clean labels, so that its human

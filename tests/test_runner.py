@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+import pytest
+
 from pathlib import Path
 
 
@@ -63,6 +65,7 @@ def test_cells_are_deterministic_on_cpu():
     assert [r["train_loss"] for r in a["curves"]] == [r["train_loss"] for r in b["curves"]]
 
 
+@pytest.mark.slow  # 21 s; every method's tiny-setting learning test runs by default
 def test_ce_learns_above_chance_at_30_percent_symmetric_noise():
     suite = tiny_suite(datasets={"shapes": {"n_train": 3000, "n_test": 500}}, seeds=[1],
                        protocol={"name": "demo", "epochs": 10, "milestones": [8]})
