@@ -204,7 +204,7 @@ fi
 if [ "$HAVE_GPU" = 1 ]; then
     # pytest exits 5 when no test is collected: then nothing was checked, and the step fails.
     STEP_NOTE="pytest -m gpu; exit 5 means no test marked gpu was collected"
-    run_step tests "$T_TESTS" - "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" tests
+    run_step tests "$T_TESTS" - "$PY" -m pytest -o addopts= -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" tests
 else
     skip_step tests "no CUDA GPU visible to torch"
 fi
