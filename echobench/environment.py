@@ -1,4 +1,4 @@
-"""What ran a cell: package versions, device, git revision. Recorded beside every result."""
+"""What ran a cell (its provenance): package versions, device, git revision, host. Recorded beside every result."""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ def environment(device: str) -> dict[str, Any]:
         "packages": package_versions(),
         "device": device_description(device),
         "git": git_revision(),
+        "host": platform.node(),
     }
 
 

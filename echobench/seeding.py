@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from echobench.checks import check_seed
+
 
 def _sequence(seed: int, stream: str) -> np.random.SeedSequence:
+    check_seed(seed)  # a negative seed is a user's mistake, not numpy's ValueError
     return np.random.SeedSequence([int(seed), *stream.encode()])
 
 

@@ -257,3 +257,80 @@ def test_importing_the_registry_stays_light(subprocess_env):
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env)
+
+
+# ------------------------------------------------------------------ weight variants (issue 19, item 4)
+
+
+def _save_layout(root, fp32: bool, fp16: bool):
+    """The tiny checkpoint saved with `save_pretrained` as a hub cache may hold it: the plain (fp32)
+    weight files, the `*.fp16.*` variant files (`save_pretrained(variant="fp16")` of the modules cast
+    to float16), or both. Returns (base_model dir, controlnet dir)."""
+    import diffusers
+
+    components = tiny_components(0)
+    base, control = root / "stable-diffusion", root / "controlnet"
+    for variant, wanted in ((None, fp32), ("fp16", fp16)):
+        if not wanted:
+            continue
+        dtype = torch.float16 if variant else torch.float32
+        parts = {name: getattr(components, name).to(dtype) for name in ("unet", "vae", "text_encoder", "controlnet")}
+        pipeline = diffusers.StableDiffusionPipeline(
+            vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=components.tokenizer, unet=parts["unet"],
+            scheduler=components.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipeline.save_pretrained(base, variant=variant)
+        parts["controlnet"].save_pretrained(control, variant=variant)
+    return base, control
+
+
+@pytest.fixture
+def variants_seen(monkeypatch):
+    """The `variant=` every from_pretrained of a weighted module was called with."""
+    import diffusers
+    import transformers
+
+    seen = []
+    for cls in (diffusers.UNet2DConditionModel, diffusers.AutoencoderKL, diffusers.ControlNetModel,
+                transformers.CLIPTextModel):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, __original=original, **kwargs):
+            seen.append((klass.__name__, kwargs.get("variant")))
+            return __original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    return seen
+
+
+@pytest.mark.parametrize("layout, dtype, expected", [
+    ("fp32", torch.float16, None),  # no fp16 files: the plain ones, cast
+    ("both", torch.float16, "fp16"),  # half the bytes for the same numbers
+    ("both", torch.float32, None),
+    ("fp16", torch.float16, "fp16"),  # a cache holding only the fp16 files works
+])
+def test_the_weight_variant_follows_the_dtype_and_the_files(layout, dtype, expected, tmp_path, variants_seen):
+    from echobench.echoalign.diffusion_configs import BASE_WEIGHTS, checkpoint_variant
+
+    base, control = _save_layout(tmp_path, fp32=layout in ("fp32", "both"), fp16=layout in ("fp16", "both"))
+    assert checkpoint_variant(str(base), BASE_WEIGHTS, dtype) == expected
+    loaded = load_components(tiny_config((base, control)), "cpu", dtype)
+    assert {variant for _, variant in variants_seen} == {expected} and len(variants_seen) == 4
+    assert loaded.unet.dtype == dtype and loaded.text_encoder.dtype == dtype
+    reference = tiny_components(0).unet.conv_in.weight.to(dtype)
+    assert torch.equal(loaded.unet.conv_in.weight, reference)  # fp16 files = the fp32 weights rounded
+
+
+def test_a_missing_variant_names_the_files_it_looked_for(tmp_path):
+    base, control = _save_layout(tmp_path, fp32=False, fp16=True)
+    with pytest.raises(EchobenchError) as error:  # float32: "auto" reads the plain files, which are not there
+        load_components(tiny_config((base, control)), "cpu", torch.float32)
+    message = str(error.value)
+    assert "diffusion_pytorch_model.safetensors or" in message and "variant=" in message
+    loaded = load_components(tiny_config((base, control), variant="fp16"), "cpu", torch.float32)  # asked for
+    assert loaded.unet.dtype == torch.float32
+    plain, _ = _save_layout(tmp_path / "plain", fp32=True, fp16=False)
+    with pytest.raises(EchobenchError, match=r"unet/diffusion_pytorch_model\.fp16\.safetensors or "
+                                             r"unet/diffusion_pytorch_model\.fp16\.bin"):
+        load_components(tiny_config((plain, control), variant="fp16"), "cpu", torch.float32)
+    with pytest.raises(EchobenchError, match="unknown variant"):
+        DiffusionConfig(variant="int8")

@@ -137,3 +137,87 @@ def test_ls_lists_engines_and_extractors(cli):
     assert code == 0 and "procedural" in out and "eager" in out
     code, out, _ = cli("ls", "extractors")
     assert code == 0 and "open_clip" in out and "shapes-hog" in out
+
+
+# ------------------------------------------------- the released preprocessing (issue 19, item 6)
+
+TINY_CLIP = "echobench-test-tiny-clip"
+
+
+@pytest.fixture
+def tiny_clip(monkeypatch):
+    """A tiny open_clip architecture registered locally (random weights, nothing downloaded): a 2-layer
+    ViT at 224 px with 32 px patches, so the preprocessing is the real one (resize to 224, crop)."""
+    pytest.importorskip("open_clip")
+    from open_clip import factory
+
+    config = {"embed_dim": 32,
+              "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    monkeypatch.setitem(factory._MODEL_CONFIGS, TINY_CLIP, config)
+    return {"model": TINY_CLIP, "pretrained": "none"}
+
+
+def test_exact_released_uses_pil_preprocessing_in_float32(tiny_clip):
+    import torch
+    from PIL import Image
+
+    from echobench.echoalign.features import make_extractor
+
+    exact = make_extractor("open_clip", {**tiny_clip, "exact_released": "true", "batch_size": 3})
+    assert exact.options.exact_released is True and not exact.half
+    assert exact.config()["exact_released"] is True
+    assert "exact_released" not in make_extractor("open_clip", tiny_clip).config()  # older configs unchanged
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    x = exact.preprocess_released(images)
+    assert torch.equal(x[1], exact.pil_preprocess(Image.fromarray(images[1])))
+    assert x.dtype == torch.float32 and tuple(x.shape) == (4, 3, 224, 224)
+    assert exact.extract(images).shape == (4, 32)
+    with pytest.raises(EchobenchError, match="exact_released: expected true or false"):
+        make_extractor("open_clip", {**tiny_clip, "exact_released": "maybe"})
+
+
+def test_exact_released_differences_count_decisions_at_tau(tiny_clip):
+    from echobench.echoalign.features import exact_released_differences
+
+    rng = np.random.default_rng(1)
+    originals = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    modified = np.clip(originals.astype(int) + rng.integers(-60, 60, originals.shape), 0, 255).astype(np.uint8)
+    assert exact_released_differences(originals, modified, 0.4, strict=False, extractor="open_clip",
+                                      options=tiny_clip, device="cpu") is None  # only when asked for
+    options = {**tiny_clip, "exact_released": True}
+    low = exact_released_differences(originals, modified, -1.0, strict=False, extractor="open_clip",
+                                      options=options, device="cpu")
+    assert low["decisions_differ"] == 0 and low["kept_exact"] == low["kept_fast"] == 12  # all kept at τ = -1
+    assert 0 < low["max_abs_delta_s"] < 0.05 and "float32 on cpu" in low["fast_path"]
+    # τ between the two paths' S for one pair: exactly the pairs that straddle τ differ.
+    import torch
+
+    from echobench.echoalign.echoselect import keep_original
+    from echobench.echoalign.features import ClipOptions, OpenClip, create_clip
+
+    torch.manual_seed(0)
+    built = create_clip(ClipOptions(**options))
+    sims = {}
+    for exact in (True, False):
+        fx = OpenClip(ClipOptions(**{**options, "exact_released": exact}), "cpu", built=built)
+        a, b = fx.extract(originals), fx.extract(modified)
+        sims[exact] = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    tau = float((sims[True][0] + sims[False][0]) / 2)
+    got = exact_released_differences(originals, modified, tau, strict=False, extractor="open_clip", options=options,
+                                     device="cpu", built=built)
+    expected = int((keep_original(sims[True], tau) != keep_original(sims[False], tau)).sum())
+    assert got["decisions_differ"] == expected >= 1 and got["n"] == 12
+
+
+def test_select_reports_the_decisions_the_fast_path_changes(cli, tiny_clip, tmp_path):
+    code, out, err = cli("select", "shapes", "--noise", "instance:0.3", "--dataset-option", "n_train=120",
+                         "--dataset-option", "n_test=40", "--extractor", "open_clip", "--extractor-option",
+                         f"model={TINY_CLIP}", "--extractor-option", "pretrained=none", "--extractor-option",
+                         "exact_released=true", "--tau", "0.9", "--out", tmp_path / "select", "--no-progress")
+    assert code == 0, err
+    assert "Released preprocessing (PIL, float32) vs the fast path" in out and "keep/replace decisions differ" in out
+    import json
+
+    doc = json.loads((tmp_path / "select" / "select.json").read_text())
+    assert doc["exact_released"]["n"] == doc["echoselect"]["n"] and doc["exact_released"]["tau"] == 0.9

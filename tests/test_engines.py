@@ -160,9 +160,9 @@ def test_compile_matches_eager_without_recompiling(compile_modifier, reference):
 
 
 def test_compile_with_the_vae_compiled_matches_eager(components, reference):
-    """vae=true: the decode is compiled too, padded to the full batch like the step."""
-    compiled = modifier("compile", components, backend="aot_eager", vae="true")
-    assert compiled.config()["engine_config"]["vae"] is True
+    """compile_vae=true: the decode is compiled too, padded to the full batch like the step."""
+    compiled = modifier("compile", components, backend="aot_eager", compile_vae="true")
+    assert compiled.config()["engine_config"]["compile_vae"] is True
     check_parity(compiled, reference)
 
 
@@ -174,8 +174,9 @@ def test_compile_options_are_checked():
     with pytest.raises(EchobenchError, match="needs backend inductor"):
         CompileConfig(backend="aot_eager", inductor_flags="diffusers")
     resolved = CompileConfig(inductor_flags="diffusers").resolve("cuda")
-    assert resolved.vae and resolved.inductor_flags == "diffusers" and resolved.cuda_graphs
-    assert CompileConfig().resolve("cpu").vae is False and CompileConfig(vae=True).resolve("cpu").vae is True
+    assert resolved.compile_vae and resolved.inductor_flags == "diffusers" and resolved.cuda_graphs
+    assert CompileConfig().resolve("cpu").compile_vae is False
+    assert CompileConfig(compile_vae=True).resolve("cpu").compile_vae is True
 
 
 @pytest.mark.parametrize("engine, options", [
@@ -217,6 +218,160 @@ def test_compile_settings():
         CompileConfig(mode="reduce-overhead").resolve("cpu")
     with pytest.raises(EchobenchError, match="unknown mode"):
         CompileConfig(mode="fast")
+
+
+# ------------------------------------------------ compile: each engine compiles its own graphs (issue 19)
+
+
+class _ToyControlNet(torch.nn.Module):
+    """The ControlNet's call signature on one 1×1 convolution: compiles in a fraction of a second."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, controlnet_cond=None, conditioning_scale=1.0,
+                guess_mode=False, return_dict=False):
+        residual = self.conv(sample) * conditioning_scale + controlnet_cond.mean() + encoder_hidden_states.mean()
+        return [residual], residual
+
+
+class _ToyUNet(torch.nn.Module):
+    config = types.SimpleNamespace(in_channels=4)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 1)
+
+    @property
+    def device(self):
+        return self.conv.weight.device
+
+    @property
+    def dtype(self):
+        return self.conv.weight.dtype
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, down_block_additional_residuals=(),
+                mid_block_additional_residual=None, return_dict=False):
+        out = self.conv(sample) + down_block_additional_residuals[0] + mid_block_additional_residual
+        return (out + timestep.reshape(-1, 1, 1, 1) * 0,)
+
+
+class _ToyVAE(torch.nn.Module):
+    config = types.SimpleNamespace(scaling_factor=1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 3, 1)
+
+    def decode(self, latents, return_dict=False):
+        return (self.conv(latents),)
+
+
+TOY_SHAPES = StepShapes(batch_size=2, rows_per_image=2, latent_channels=4, latent_size=8, text_length=4, text_dim=8,
+                        control_channels=3, control_size=8)
+
+
+def toy_components():
+    from echobench.engines.base import Components
+
+    torch.manual_seed(0)
+    return Components(unet=_ToyUNet().eval(), controlnet=_ToyControlNet().eval(), vae=_ToyVAE().eval(),
+                      text_encoder=None, tokenizer=None, scheduler=None)
+
+
+def toy_engine(components, **options):
+    engine = make_engine("compile", "cpu", shapes=TOY_SHAPES, options=options)
+    engine.load(components)
+    return engine
+
+
+@pytest.fixture
+def recorded_inductor(monkeypatch):
+    """inductor's backend with its code generation replaced by the traced graph itself: every graph
+    dynamo hands to inductor is recorded with the options it was compiled with, in milliseconds."""
+    import torch._inductor.compile_fx as compile_fx
+
+    compiled = []
+
+    def record(model, inputs, config_patches=None, **kwargs):
+        compiled.append(dict(config_patches or {}))
+        return model
+
+    monkeypatch.setattr(compile_fx, "compile_fx", record)
+    return compiled
+
+
+def test_two_compile_engines_with_different_settings_both_compile(recorded_inductor):
+    """Three engines in one process on the same modules: each compiles its own graph, with its own
+    inductor options (dynamo used to hand the second and third engine the first one's graph)."""
+    components = toy_components()
+    engines = [toy_engine(components), toy_engine(components, inductor_flags="diffusers"), toy_engine(components)]
+    assert len(recorded_inductor) == 3
+    assert "conv_1x1_as_mm" not in recorded_inductor[0] and "conv_1x1_as_mm" not in recorded_inductor[2]
+    assert recorded_inductor[1]["conv_1x1_as_mm"] is True and recorded_inductor[1]["epilogue_fusion"] is False
+    assert [e.build_info["graphs"] for e in engines] == [1, 1, 1]
+    assert engines[1].build_info["inductor_options"]["coordinate_descent_tuning"] is True
+    with_vae = toy_engine(components, compile_vae="true")
+    assert len(recorded_inductor) == 5 and with_vae.build_info["graphs"] == 2  # step + decode, its own
+    # Running an engine again compiles nothing more (its graph is found in its own cache).
+    inputs = example_step(TOY_SHAPES, 4)
+    engines[0].denoise(*inputs)
+    assert len(recorded_inductor) == 5
+
+
+def example_step(shapes, rows):
+    from echobench.engines.fused import example_inputs
+
+    x = example_inputs(shapes, rows, "cpu", torch.float32)
+    return x["sample"], x["timestep"][0], x["encoder_hidden_states"], x["controlnet_cond"], 1.0
+
+
+def test_compile_engines_with_the_same_settings_do_not_share_graphs():
+    """aot_eager (no code generation): an engine's graphs live on its own code objects; another
+    engine with the very same settings compiles its own, and closing one leaves the other working."""
+    components = toy_components()
+    first, second = toy_engine(components, backend="aot_eager"), toy_engine(components, backend="aot_eager")
+    assert first.build_info["graphs"] == second.build_info["graphs"] == 1
+    assert first._step.__code__ is not second._step.__code__
+    inputs = example_step(TOY_SHAPES, 4)
+    expected = first.denoise(*inputs)
+    first.close()
+    assert first.compiled is None and first._step is None
+    assert torch.equal(second.denoise(*inputs), expected)
+
+
+def _live_graph_modules() -> int:
+    import gc
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.fx.GraphModule))
+
+
+def test_close_releases_the_compiled_graphs():
+    """build → close → rebuild, many times in one process (the out-of-memory retry rebuilds the
+    engine at a smaller batch): the live compiled graphs and the gc-tracked objects stay bounded,
+    and the engine module's globals gain no compiled functions."""
+    import gc
+
+    import echobench.engines.compile.engine as compile_engine
+
+    components = toy_components()
+    toy_engine(components, backend="aot_eager", compile_vae="true").close()  # imports, first-time caches
+    gc.collect()
+    graphs_before, objects_before = _live_graph_modules(), len(gc.get_objects())
+    globals_before = set(vars(compile_engine))
+    for _ in range(10):
+        engine = toy_engine(components, backend="aot_eager", compile_vae="true")
+        assert engine.build_info["graphs"] == 2 and _live_graph_modules() > graphs_before
+        engine.close()
+        del engine
+    assert _live_graph_modules() <= graphs_before
+    # What torch itself keeps per compilation (linecache entries of generated code, finalizers on the
+    # live parameters) is a few hundred small objects; the graphs, before close() released them,
+    # left ≈ 2,200 per build.
+    assert len(gc.get_objects()) < objects_before + 10 * 1000
+    assert set(vars(compile_engine)) == globals_before
 
 
 # -------------------------------------------------------------------------------------- onnxruntime
@@ -300,14 +455,16 @@ def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path, monkey
     """What a GPU session would be given, checked with a stand-in for onnxruntime-gpu's provider list:
     TensorRT first (engine and timing caches on, one profile from one image to a full batch, FP16
     for a float16 graph), then CUDA, then the CPU."""
+    import echobench.engines.onnxruntime.config as ort_config
     from echobench.engines.onnxruntime.config import OnnxRuntimeConfig
     from echobench.engines.onnxruntime.engine import OnnxRuntimeEngine
 
-    gpu_ort = types.SimpleNamespace(get_available_providers=lambda: [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    gpu_ort = types.SimpleNamespace(get_available_providers=lambda: gpu)
     shapes = StepShapes.for_components(components, TINY_RESOLUTION, 4, guidance=True)
     engine = OnnxRuntimeEngine(OnnxRuntimeConfig(cache_dir=str(tmp_path)), shapes, "cuda:0")
-    assert engine._providers(gpu_ort) == ["tensorrt", "cuda", "cpu"]
+    assert engine.settings.providers("cuda:0", gpu, tensorrt_libraries=True) == ["tensorrt", "cuda", "cpu"]
+    assert engine.settings.providers("cuda:0", gpu, tensorrt_libraries=False) == ["cuda", "cpu"]
     options = engine._provider_options("tensorrt", "graphkey", torch.float16)
     assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"] and options["trt_fp16_enable"]
     assert options["trt_engine_cache_path"] == str(tmp_path / "onnxruntime-tensorrt" / "graphkey")
@@ -316,18 +473,148 @@ def test_onnxruntime_gpu_providers_and_their_caches(components, tmp_path, monkey
     assert options["trt_profile_max_shapes"] == options["trt_profile_opt_shapes"] == \
         "sample:8x4x16x16,encoder_hidden_states:8x77x32,controlnet_cond:8x3x32x32"
     assert engine._provider_options("cuda", "graphkey", torch.float16) == {"device_id": 0}
-    explicit = OnnxRuntimeEngine(OnnxRuntimeConfig(provider="tensorrt"), shapes, "cuda:0")
-    assert explicit._providers(gpu_ort) == ["tensorrt", "cuda", "cpu"]
+    assert OnnxRuntimeConfig(provider="tensorrt").providers("cuda:0", gpu, True) == ["tensorrt", "cuda", "cpu"]
+    with pytest.raises(EchobenchError, match="libnvinfer.*provider=cuda"):
+        OnnxRuntimeConfig(provider="tensorrt").providers("cuda:0", gpu, tensorrt_libraries=False)
     cpu_only = types.SimpleNamespace(get_available_providers=lambda: ["CPUExecutionProvider"])
     monkeypatch.setitem(sys.modules, "onnxruntime", cpu_only)  # a GPU device without a GPU provider
     monkeypatch.setitem(sys.modules, "onnx", types.ModuleType("onnx"))
+    monkeypatch.setattr(ort_config, "tensorrt_libraries", lambda: True)
     with pytest.raises(EchobenchError, match=r"no CUDA or TensorRT execution provider.*onnx-gpu"):
         engine._providers(cpu_only)
     with pytest.raises(EchobenchError, match="no CUDA or TensorRT execution provider"):
         make_engine("onnxruntime", "cuda:0", shapes=shapes).require_runtime("cuda:0")
     OnnxRuntimeEngine.require_runtime("cpu")  # the CPU provider is what a CPU device runs
+    monkeypatch.setitem(sys.modules, "onnxruntime", gpu_ort)
     with pytest.raises(EchobenchError, match="needs a CUDA device"):
         OnnxRuntimeEngine(OnnxRuntimeConfig(provider="cuda"), shapes, "cpu")._providers(gpu_ort)
+
+
+class _StandInC:
+    """onnxruntime-gpu's C layer as its Python wrapper (`onnxruntime.InferenceSession`, the real class,
+    in `onnxruntime.capi.onnxruntime_inference_collection`) sees it: the TensorRT, CUDA and CPU
+    providers are listed; without TensorRT's libraries, initialising a session with the TensorRT
+    provider raises the RuntimeError onnxruntime raises when it cannot load libnvinfer. The session
+    keeps the providers and (string) options it was initialised with, as the real one reports them."""
+
+    PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def __init__(self, tensorrt_starts: bool):
+        self.tensorrt_starts = tensorrt_starts
+        self.sessions = []
+        outer = self
+
+        class InferenceSession:
+            def __init__(self, options, model, is_path, read_config):
+                self.session_options = options
+                self.inputs_meta = [types.SimpleNamespace(name=n, type="tensor(float)") for n in
+                                    ("sample", "timestep", "encoder_hidden_states", "controlnet_cond",
+                                     "conditioning_scale")]
+                self.outputs_meta = [types.SimpleNamespace(name="noise_pred", type="tensor(float)")]
+                self.overridable_initializers = self.input_meminfos = self.output_meminfos = []
+                self.input_epdevices = []
+                self.model_meta = None
+                self.get_profiling_start_time_ns = 0
+                self._providers, self._options = [], {}
+
+            def initialize_session(self, providers, provider_options, disabled_optimizers):
+                if "TensorrtExecutionProvider" in providers and not outer.tensorrt_starts:
+                    raise RuntimeError("/onnxruntime/core/session/provider_bridge_ort.cc:1862 onnxruntime::"
+                                       "ProviderLibrary::Get [ONNXRuntimeError] : 1 : FAIL : Failed to load library "
+                                       "libonnxruntime_providers_tensorrt.so with error: libnvinfer.so.10: cannot "
+                                       "open shared object file: No such file or directory")
+                self._providers = list(providers)
+                self._options = {p: {str(k): str(v) for k, v in o.items()} for p, o in zip(providers, provider_options)}
+                outer.sessions.append(self)
+
+            def get_providers(self):
+                return self._providers
+
+            def get_provider_options(self):
+                return self._options
+
+        self.InferenceSession = InferenceSession
+
+    def get_available_providers(self):
+        return list(self.PROVIDERS)
+
+    def get_default_session_options(self):
+        return None
+
+    def register_tensorrt_plugins_as_custom_ops(self, options, provider_options):
+        pass
+
+
+@pytest.fixture
+def onnxruntime_gpu(monkeypatch, tmp_path):
+    """onnxruntime's own Python session wrapper over `_StandInC`; the export is skipped (no graph is
+    run). Returns a function `(tensorrt_libraries, tensorrt_starts) -> the stand-in C layer`."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime.capi.onnxruntime_inference_collection as collection
+
+    import echobench.engines.onnxruntime.config as ort_config
+    import echobench.engines.onnxruntime.engine as ort_engine
+
+    graph = types.SimpleNamespace(path=tmp_path / "fused.onnx", key="graphkey", reused=True, seconds=0.0)
+    monkeypatch.setattr(ort_engine, "export_fused_onnx", lambda *a, **k: graph)
+
+    def make(tensorrt_libraries: bool, tensorrt_starts: bool):
+        stand_in = _StandInC(tensorrt_starts)
+        monkeypatch.setattr(collection, "C", stand_in)
+        monkeypatch.setattr(ort, "get_available_providers", stand_in.get_available_providers)
+        monkeypatch.setattr(ort_config, "tensorrt_libraries", lambda: tensorrt_libraries)
+        return stand_in
+
+    return make
+
+
+def test_the_stand_in_falls_back_as_onnxruntime_does(onnxruntime_gpu, tmp_path):
+    """The real wrapper over the stand-in: TensorRT without its libraries → onnxruntime's own fallback
+    to CUDA, which drops every provider option (device_id included). This is what the engine avoids."""
+    import onnxruntime
+
+    onnxruntime_gpu(tensorrt_libraries=False, tensorrt_starts=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "fused.onnx"), providers=[
+        ("TensorrtExecutionProvider", {"device_id": 1}), ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider"])
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert "device_id" not in session.get_provider_options()["CUDAExecutionProvider"]
+
+
+def test_onnxruntime_cache_key_does_not_change_when_the_engine_loads(onnxruntime_gpu, components, tmp_path):
+    """onnxruntime-gpu without TensorRT's libraries: the key says "cuda" before and after loading (it
+    said tensorrt before and cuda after), the session runs CUDA on the device's GPU (device_id kept)."""
+    from echobench.echoalign.echomod import modifier_config
+
+    stand_in = onnxruntime_gpu(tensorrt_libraries=False, tensorrt_starts=False)
+    options = {**OPTIONS, "cache_dir": str(tmp_path)}
+    key = modifier_config("onnxruntime", "cifar10", CLASS_NAMES, DATASET_SIZE, options, "cuda:1")
+    assert key["engine_config"]["provider"] == "cuda"
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 2, guidance=True)
+    engine = make_engine("onnxruntime", "cuda:1", shapes=shapes, options={"cache_dir": str(tmp_path)})
+    before = engine.config()
+    engine.load(components)
+    assert engine.config() == before == key["engine_config"]
+    assert engine.build_info["provider"] == "cuda" and engine.build_info["provider_options"]["device_id"] == "1"
+    assert [s.get_providers() for s in stand_in.sessions] == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    # TensorRT's libraries there and starting: the key and the session say tensorrt, on GPU 1.
+    onnxruntime_gpu(tensorrt_libraries=True, tensorrt_starts=True)
+    engine = make_engine("onnxruntime", "cuda:1", shapes=shapes, options={"cache_dir": str(tmp_path)})
+    assert engine.config()["provider"] == "tensorrt"
+    engine.load(components)
+    assert engine.config()["provider"] == "tensorrt" == engine.build_info["provider"]
+    assert engine.build_info["provider_options"]["device_id"] == "1"
+
+
+def test_onnxruntime_never_runs_another_provider_than_its_key(onnxruntime_gpu, components, tmp_path):
+    """The libraries load but the TensorRT provider still fails to start: an error naming the
+    provider to choose, not a session on another provider under TensorRT's key."""
+    onnxruntime_gpu(tensorrt_libraries=True, tensorrt_starts=False)
+    shapes = StepShapes.for_components(components, TINY_RESOLUTION, 2, guidance=True)
+    engine = make_engine("onnxruntime", "cuda:0", shapes=shapes, options={"cache_dir": str(tmp_path)})
+    with pytest.raises(EchobenchError, match=r"tensorrt execution provider did not start.*provider=cuda"):
+        engine.load(components)
+    assert engine.session is None
 
 
 # -------------------------------------------------------------------------- missing runtimes, bounds
@@ -396,7 +683,7 @@ def test_tensorrt_plan_cache_keys(components, tmp_path):
 def test_engines_are_registered_with_their_options():
     assert {"eager", "compile", "onnxruntime", "tensorrt"} <= set(ENGINES.names())
     assert engine_option_defaults("compile") == {"backend": "inductor", "mode": "auto", "fullgraph": True,
-                                                 "channels_last": None, "vae": None, "inductor_flags": "default",
+                                                 "channels_last": None, "compile_vae": None, "inductor_flags": "default",
                                                  "fuse_qkv": False}
     assert set(engine_option_defaults("onnxruntime")) == {"provider", "exporter", "opset", "threads", "cache_dir"}
     assert "fp16" in engine_option_defaults("tensorrt")
@@ -442,8 +729,10 @@ PINNED_KEYS = {
     "eager-options": ({"model": "tiny", "channels_last": "true", "fuse_qkv": "true", "steps": "4",
                        "vae": "madebyollin/taesd"}, "9bb96555a7113e96", "2c7e17fd2ad469d3"),
     "compile": ({"model": "tiny", "backend": "aot_eager"}, "0889d7f4b730892e", "63bc45f3799fde67"),
-    "compile-options": ({"model": "tiny", "vae": "true", "inductor_flags": "diffusers", "fuse_qkv": "true",
-                         "channels_last": "true"}, "80666ee9ad526bd5", "516b9df8e87854b7"),
+    # Issue 19 renamed the compile engine's `vae` (compile the VAE) to `compile_vae`, in the option and
+    # in the key: this key changed from 80666ee9ad526bd5 / 516b9df8e87854b7 (README, "Cache keys").
+    "compile-options": ({"model": "tiny", "compile_vae": "true", "inductor_flags": "diffusers", "fuse_qkv": "true",
+                         "channels_last": "true"}, "d7bc123a76742de4", "44056f82517cff5c"),
     "onnxruntime": ({"model": "tiny", "exporter": "torchscript"}, "fb7edf86a108856f", "6ae9b0199248808d"),
 }
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -546,3 +835,132 @@ def test_cached_pairs_are_served_without_building_the_generator(tmp_path, monkey
     assert (stats.cached, stats.generated) == (3, 0) and np.array_equal(again, first)
     with pytest.raises(AssertionError, match="although every pair is cached"):  # one new pair: it must be built
         echoalign.modify_pairs("cifar10", None, CLASS_NAMES, images, np.array([4, 9, 12]), labels, **kwargs)
+
+
+# ----------------------------------------------------------- one option namespace (issue 19, item 3)
+
+APPROXIMATE = {"steps": ("steps", "4", 4), "resolution": ("resolution", "16", 16),
+               "tiny decoder": ("vae", "madebyollin/taesd", "madebyollin/taesd"),
+               "fuse_qkv": ("fuse_qkv", "true", True)}
+
+
+def engine_device(engine, monkeypatch):
+    """The device each engine is resolved for here: TensorRT needs a GPU, faked (a stand-in module and
+    torch.cuda.is_available), since resolving options checks the runtime before anything loads."""
+    if engine != "tensorrt":
+        return "cpu"
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return "cuda:0"
+
+
+def test_option_names_have_one_meaning_across_every_engine():
+    from echobench.echoalign.diffusion import option_namespace
+    from echobench.engines.registry import diffusion_engines
+
+    for engine in diffusion_engines():
+        namespace = option_namespace(engine)  # raises for a name both define
+        assert namespace["vae"][0] == "diffusion" and namespace["variant"][0] == "diffusion"
+    assert option_namespace("compile")["compile_vae"] == ("compile", None)
+
+
+@pytest.mark.parametrize("setting", sorted(APPROXIMATE))
+@pytest.mark.parametrize("engine", ["eager", "compile", "onnxruntime", "tensorrt"])
+def test_every_engine_resolves_every_approximate_setting(engine, setting, monkeypatch):
+    """Option resolution (the cache key, from the settings alone) for each engine × approximate
+    setting on the tiny model. fuse_qkv is an option of the engines that run the diffusers modules
+    in torch; the exported graphs (onnxruntime, tensorrt) do not have it, and say so."""
+    from echobench.echoalign.echomod import modifier_config
+
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    device = engine_device(engine, monkeypatch)
+    name, value, expected = APPROXIMATE[setting]
+    options = {"model": "tiny", name: value}
+    if name == "fuse_qkv" and engine in ("onnxruntime", "tensorrt"):
+        with pytest.raises(EchobenchError, match="unknown EchoMod engine option.*'fuse_qkv'"):
+            modifier_config(engine, "cifar10", CLASS_NAMES, DATASET_SIZE, options, device)
+        return
+    key = modifier_config(engine, "cifar10", CLASS_NAMES, DATASET_SIZE, options, device)
+    found = key["engine_config"].get(name) if name == "fuse_qkv" else key[name]
+    assert found == expected and key["engine"] == engine
+    assert "compile_vae" not in key["engine_config"]  # the tiny decoder is not "compile the VAE"
+
+
+def test_the_old_compile_vae_spelling_is_explained():
+    with pytest.raises(EchobenchError, match="vae='true'.*compile_vae"):
+        make_diffusion_modifier("compile", "cifar10", CLASS_NAMES, DATASET_SIZE, {"model": "tiny", "vae": "true"}, "cpu")
+    with pytest.raises(EchobenchError, match="compile_vae"):
+        make_diffusion_modifier("compile", "cifar10", CLASS_NAMES, DATASET_SIZE, {"model": "tiny", "vae": True}, "cpu")
+
+
+def test_an_explicit_fp16_variant_in_float32_is_part_of_the_key():
+    from echobench.echoalign.echomod import modifier_config
+
+    plain = modifier_config("eager", "cifar10", CLASS_NAMES, DATASET_SIZE, {"model": "tiny"}, "cpu")
+    auto = modifier_config("eager", "cifar10", CLASS_NAMES, DATASET_SIZE, {"model": "tiny", "variant": "auto"}, "cpu")
+    fp16 = modifier_config("eager", "cifar10", CLASS_NAMES, DATASET_SIZE, {"model": "tiny", "variant": "fp16"}, "cpu")
+    assert plain == auto and "variant" not in plain and fp16["variant"] == "fp16"
+
+
+@pytest.mark.slow  # five aot_eager compiles of the tiny model (~40 s)
+@pytest.mark.parametrize("setting", sorted(APPROXIMATE))
+def test_the_compile_engine_runs_every_approximate_setting(setting, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    name, value, _ = APPROXIMATE[setting]
+    if name == "vae":
+        diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                                  num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)).save_pretrained(tmp_path / "taesd")
+        value = str(tmp_path / "taesd")
+    echomod = modifier("compile", tiny_components(0), backend="aot_eager", compile_vae="true", steps="2",
+                       **{name: value})
+    images, labels, seeds = inputs(2)
+    out = echomod.generate(images, labels, seeds)
+    assert out.shape == images.shape and echomod.engine.build_info["graphs"] == 2
+
+
+# ------------------------------------------------- a fully cached run loads no model, for every engine
+
+
+@pytest.mark.parametrize("engine, device", [("eager", "cpu"), ("compile", "cpu"), ("onnxruntime", "cpu"),
+                                            ("onnxruntime", "cuda:0"), ("tensorrt", "cuda:0")])
+def test_a_fully_cached_run_never_builds_the_diffusion_model(engine, device, tmp_path, monkeypatch, request):
+    """For every engine (onnxruntime on a GPU through the onnxruntime-gpu stand-in, without TensorRT's
+    libraries: the case whose key used to change on loading): pairs stored under the key the
+    engine reports are found again by the next run from its settings alone, and neither the model nor
+    the generator is built."""
+    import echobench.echoalign.diffusion as diffusion
+    import echobench.echoalign.diffusion_configs as configs
+    from echobench.echoalign import methods
+    from echobench.echoalign.cache import cache_for
+    from echobench.echoalign.echomod import modifier_config
+
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        if device != "cpu":
+            request.getfixturevalue("onnxruntime_gpu")(tensorrt_libraries=False, tensorrt_starts=False)
+    if engine == "tensorrt":
+        engine_device(engine, monkeypatch)
+    options = {"model": "tiny", "steps": "2", "cache_dir": str(tmp_path / "engines")} if engine == "onnxruntime" \
+        else {"model": "tiny", "steps": "2"}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, DATASET_SIZE, DATASET_SIZE, 3), dtype=np.uint8)
+    indices, labels = np.array([4, 9, 11]), np.array([0, 1, 0])
+    key = modifier_config(engine, "cifar10", CLASS_NAMES, DATASET_SIZE, options, device)
+    if engine == "onnxruntime" and device != "cpu":  # the key a loaded engine reports is this one
+        shapes = StepShapes.for_components(tiny_components(0), TINY_RESOLUTION, 2, guidance=True)
+        loaded = make_engine("onnxruntime", device, shapes=shapes, options={"cache_dir": options["cache_dir"]})
+        loaded.load(tiny_components(0))
+        assert loaded.config() == key["engine_config"]
+    stored = types.SimpleNamespace(config=lambda: key, generate=lambda images, labels, seeds: 255 - images)
+    cache_for(key, "cifar10", None, base_seed=0, root=str(tmp_path)).get_or_generate(stored, images, indices, labels)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the diffusion model or generator was built although every pair is cached")
+
+    for module, name in ((diffusion, "load_model"), (diffusion, "build_components"), (diffusion, "load_checkpoints"),
+                         (configs, "build_components"), (configs, "load_checkpoints"), (methods, "make_modifier")):
+        monkeypatch.setattr(module, name, no_model)
+    out, stats = methods.modify_pairs("cifar10", None, CLASS_NAMES, images, indices, labels, engine=engine,
+                                      engine_options=options, device=device, cache_dir=str(tmp_path))
+    assert (stats.cached, stats.generated) == (3, 0) and np.array_equal(out, 255 - images)

@@ -47,14 +47,14 @@ BOOTSTRAP_LEVEL = 0.95
 
 def parse_variant(text: str) -> dict[str, Any]:
     """'steps=10' or 'steps=10,resolution=16' → {'steps': 10, 'resolution': 16} (YAML scalars)."""
-    import yaml
+    from echobench.yamlsafe import load_yaml
 
     out: dict[str, Any] = {}
     for item in text.split(","):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise EchobenchError(f"--variant must look like KEY=VALUE[,KEY=VALUE...], got {text!r}")
-        out[key.strip()] = yaml.safe_load(value.strip())
+        out[key.strip()] = load_yaml(value.strip(), f"--variant {text!r}")
     return out
 
 

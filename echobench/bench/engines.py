@@ -14,6 +14,15 @@ an upper bound of the step itself), peak memory (CUDA: `torch.cuda.max_memory_al
 timed runs; CPU: the process's peak RSS, a high-water mark over the whole run), and the parity error:
 the largest absolute difference of the generated pixels ([0, 1] scale) from the reference row.
 
+Rows are independent of their order (issue 19): a compile row compiles its own graphs with its own
+settings (`echobench.engines.compile.engine`: private code objects, options passed to
+`torch.compile`), the engine is closed after its row (its graphs and CUDA graphs freed) and dynamo's
+remaining caches are reset before the next row. Each row's `build` says what it built and how long it
+took: for compile rows the number of graphs compiled for that row, the real compile seconds, and
+inductor's FX-graph-cache hits (generated code reused from disk for an identical graph and settings,
+e.g. from an earlier run). For a run where no row can profit from another's work even on disk, run
+one row per process (scripts/gpu_check.sh does).
+
 A batch size that runs out of memory (or that an engine's profile does not cover) is reported as
 unsupported with the reason; an engine that fails otherwise is an "error" row with the exception (its
 traceback on stderr, and `echobench bench engines` exits 1). Either way the bench goes on.
@@ -112,11 +121,11 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
     dev = torch.device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     resolution = resolution or default_resolution(config)
+    settings = DiffusionConfig(resolution=resolution, steps=steps, vae=vae)  # checked before the model is built
     components = build_components(config, random_init=random_init, device=device, dtype=dtype)
     if vae:
         components.vae = load_tiny_vae(vae, device, dtype)
     class_names = [f"class {i}" for i in range(10)]
-    settings = DiffusionConfig(resolution=resolution, steps=steps, vae=vae)
     rng = np.random.default_rng(seed)
     doc: dict[str, Any] = {
         "config": config, "random_init": random_init, "resolution": resolution, "steps": steps,
@@ -190,11 +199,12 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
             result = _measure(lambda: echomod.generate_pixels(images, labels, seeds), dev, repeats, bs, steps,
                               reference_pixels.get(bs))
             result.pop("pixels", None)
-            # the first (untimed) run builds what the engine builds lazily: compile, export, TensorRT plan
+            # construct_s includes `load`, where the compile engine compiles (its compile_seconds) and
+            # the ONNX/TensorRT engines export and build
             result["build"] = {"construct_s": round(build_s, 3), **_jsonable(getattr(engine, "build_info", {}))}
             rows[name][str(bs)] = result
             echomod.close()
-            gc.collect()
+            _forget_compiled()
             report(name, bs)
     doc["speedup_vs_reference"] = _speedups(rows)
     doc["complete"] = True
@@ -203,14 +213,24 @@ def bench_engines(*, config: str = "tiny", random_init: bool = True, engines: tu
     return doc
 
 
+def _forget_compiled() -> None:
+    """After a row: what is left of its compiled code (dynamo's caches of the library code it traced)
+    goes, so that no later row finds it."""
+    import sys
+
+    gc.collect()
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
 def parse_row(spec: str) -> tuple[str, dict[str, str]]:
-    """'compile[vae=true,mode=max-autotune]' → ('compile', {'vae': 'true', 'mode': 'max-autotune'}):
+    """'compile[compile_vae=true,mode=max-autotune]' → ('compile', {'compile_vae': 'true', 'mode': 'max-autotune'}):
     one engine with some of its options (`echobench ls engines`) set, as one row of the bench."""
     name, bracket, rest = spec.partition("[")
     if not bracket:
         return spec, {}
     if not rest.endswith("]") or not name:
-        raise EchobenchError(f"engine row {spec!r}: write NAME or NAME[option=value,...], e.g. compile[vae=true]")
+        raise EchobenchError(f"engine row {spec!r}: write NAME or NAME[option=value,...], e.g. compile[compile_vae=true]")
     options = {}
     for item in filter(None, rest[:-1].split(",")):
         key, eq, value = item.partition("=")

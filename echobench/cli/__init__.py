@@ -10,13 +10,21 @@ import sys
 from echobench.errors import EchobenchError
 
 # command groups, in the order `echobench --help` lists them
-GROUPS = ("run", "ls", "report", "noise", "bench", "echoalign", "doctor")
+GROUPS = ("run", "ls", "report", "noise", "bench", "echoalign", "cache", "doctor")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like echobench's own (the usage is one `--help` away);
+    subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="echobench",
         description="A benchmark harness for learning with noisy labels, built around EchoAlign.",
         epilog="Run `echobench COMMAND --help` for a command's options and examples.",

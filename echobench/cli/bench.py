@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from echobench.cli.options import add_device, add_json, add_setting, add_threads, context, setting
+from echobench.cli.options import add_device, add_json, add_setting, add_threads, context, seed_arg, setting
+from echobench.checks import check_memory
 from echobench.errors import EchobenchError
 
 EXAMPLES = """examples:
@@ -30,7 +31,7 @@ def add_parser(add) -> None:
     knn.add_argument("--k", type=int, default=10, help="neighbours per point (default: 10)")
     knn.add_argument("--backends", nargs="+", default=["faiss", "torch"], choices=["faiss", "torch"])
     knn.add_argument("--repeats", type=int, default=1)
-    knn.add_argument("--seed", type=int, default=0)
+    knn.add_argument("--seed", type=seed_arg, default=0)
     add_threads(knn, "torch/faiss CPU threads in each child (default: their own)")
     add_json(knn, "print the JSON result instead of the table")
 
@@ -41,7 +42,7 @@ def add_parser(add) -> None:
                      help="random weights (no download; same compute). tiny is always random")
     eng.add_argument("--engines", nargs="+", default=["eager", "compile", "onnxruntime"],
                      help="engines to time (default: eager compile onnxruntime); NAME[option=value,...] sets "
-                          "engine options (`echobench ls engines`), e.g. 'compile[vae=true]', so that settings of "
+                          "engine options (`echobench ls engines`), e.g. 'compile[compile_vae=true]', so that settings of "
                           "one engine are compared in one run")
     eng.add_argument("--batch-sizes", type=int, nargs="+", default=[4], help="images per batch (default: 4)")
     eng.add_argument("--resolution", type=int, help="generation resolution (default: 32 for tiny, 512 for sd15)")
@@ -51,7 +52,7 @@ def add_parser(add) -> None:
     eng.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up; the fastest counts")
     add_device(eng)
     add_threads(eng)
-    eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--seed", type=seed_arg, default=0)
     add_json(eng)
     eng.add_argument("--out", help="also write the JSON document to this file, rewritten (atomically) after every "
                                    "row, so a run cut short keeps what it measured (\"complete\": false)")
@@ -63,7 +64,7 @@ def add_parser(add) -> None:
     sel.add_argument("--pretrained", default="none", help="open_clip tag; none = random weights, same compute (default)")
     add_device(sel)
     add_threads(sel)
-    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--seed", type=seed_arg, default=0)
     add_json(sel)
 
     train = bench_sub.add_parser("train", help="one epoch of the paper protocol's ResNet-18 through the trainer: "
@@ -74,7 +75,7 @@ def add_parser(add) -> None:
                        help="untimed steps first, plus one of the last partial batch's size (default: 3)")
     add_device(train)
     add_threads(train)
-    train.add_argument("--seed", type=int, default=0, help="seed of the random images, labels and weights (default: 0)")
+    train.add_argument("--seed", type=seed_arg, default=0, help="seed of the random images, labels and weights (default: 0)")
     add_json(train, "print the JSON result instead of the text")
 
     approx = bench_sub.add_parser(
@@ -114,6 +115,7 @@ def cmd_bench(args) -> int:
 
     if min(args.n, args.dim, args.k, args.repeats) < 1 or args.k >= args.n:
         raise EchobenchError("--n, --dim, --k and --repeats must be positive and --k smaller than --n")
+    check_memory(args.n * (args.dim * 4 + args.k * 12), f"bench knn --n {args.n} --dim {args.dim} --k {args.k}")
     doc = bench_knn(n=args.n, dim=args.dim, k=args.k, backends=tuple(args.backends), repeats=args.repeats,
                     seed=args.seed, threads=context(args).threads)
     print(json.dumps(doc, indent=2) if args.json else format_bench_knn(doc))
@@ -126,6 +128,10 @@ def _bench_engines(args) -> int:
 
     if min(args.batch_sizes + [args.steps, args.repeats]) < 1 or (args.resolution is not None and args.resolution < 8):
         raise EchobenchError("--batch-sizes, --steps and --repeats must be positive and --resolution at least 8")
+    # a float32 image and its control image per batch entry, at least
+    side = args.resolution or (512 if args.config == "sd15" else 32)
+    check_memory(max(args.batch_sizes) * 3 * side * side * 4 * 2,
+                 f"bench engines --batch-sizes {max(args.batch_sizes)} at resolution {side}")
     if args.config == "sd15" and not args.random_init:
         print("echobench: sd15 with real weights loads the public checkpoints (download on first use)", file=sys.stderr)
     ctx = context(args)
@@ -170,6 +176,7 @@ def _bench_echoselect(args) -> int:
 
     if min(args.n, args.size, args.batch_size) < 1:
         raise EchobenchError("--n, --size and --batch-size must be positive")
+    check_memory(args.n * args.size * args.size * 3 * 2, f"bench echoselect --n {args.n} --size {args.size}")  # uint8 pairs
     ctx = context(args)
     ctx.apply_threads()
     doc = bench_echoselect(n=args.n, size=args.size, pretrained=args.pretrained, batch_size=args.batch_size,
@@ -181,6 +188,7 @@ def _bench_echoselect(args) -> int:
 def _bench_train(args) -> int:
     from echobench.bench.train import bench_train, format_bench_train
 
+    check_memory(max(args.n, 0) * 32 * 32 * 3, f"bench train --n {args.n}")  # the uint8 training images
     ctx = context(args)
     ctx.apply_threads()
     doc = bench_train(n=args.n, device=ctx.resolved_device, warmup_steps=args.warmup_steps,

@@ -6,7 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from echobench.cli.options import add_json, add_progress, add_setting, add_threads, context, setting
+from echobench.checks import check_output_folder
+from echobench.cli.options import add_json, add_progress, add_setting, add_threads, context, seed_arg, setting
 
 EXAMPLES = {
     "modify": """examples:
@@ -54,7 +55,8 @@ def add_parser(add) -> None:
 
     for field in dataclasses.fields(TrainingConfig):
         flag = "--" + field.name.replace("_", "-")
-        trainer.add_argument(flag, type=type(field.default), default=field.default, help=f"(default: {field.default})")
+        kind = seed_arg if field.name.endswith("seed") else type(field.default)  # seeds are non-negative
+        trainer.add_argument(flag, type=kind, default=field.default, help=f"(default: {field.default})")
     add_threads(trainer, "torch CPU threads (the losses depend on it in the last bits)")
     add_json(trainer, "print training.json instead of a summary")
     add_progress(trainer)
@@ -66,12 +68,12 @@ def add_parser(add) -> None:
 
     evaluate.add_argument("folder", help="a folder `echobench train-echomod` wrote")
     evaluate.add_argument("--n", type=int, default=DEFAULT_N, help=f"held-out images (default: {DEFAULT_N})")
-    evaluate.add_argument("--world-seed", type=int, default=DEFAULT_WORLD_SEED,
+    evaluate.add_argument("--world-seed", type=seed_arg, default=DEFAULT_WORLD_SEED,
                           help=f"the held-out shapes world (default: {DEFAULT_WORLD_SEED}; training uses 777, runs 0)")
     evaluate.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS),
                           help="noise levels of SD's 1000 whose ε errors are summed (default: "
                                f"{' '.join(map(str, DEFAULT_TIMESTEPS))})")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    evaluate.add_argument("--seed", type=seed_arg, default=0, help="seed of the noise (default: 0)")
     add_threads(evaluate)
     add_json(evaluate)
 
@@ -102,6 +104,7 @@ def cmd_select(args) -> int:
     for name in args.peers:
         SELECTORS.get(name)  # unknown names fail before any work
     out = Path(args.out or Path("runs") / "select" / f"{args.dataset}-{args.noise.replace(':', '')}-seed{args.seed}")
+    check_output_folder(out, "--out")  # before EchoMod runs; select writes only its own four files there
     task, clean, params = setting(args)
     doc = select_report(task, clean, params, peers=args.peers, out_dir=out, progress=not args.no_progress)
     print(dump(doc) if args.json else format_select_report(doc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from echobench.cli.options import add_json, add_paths, context
+from echobench.cli.options import add_json, add_paths, context, seed_arg
 
 EXAMPLES = """examples:
   echobench noise shapes --kind instance --rate 0.3 --seed 1
@@ -18,7 +18,7 @@ def add_parser(add) -> None:
     noise.add_argument("dataset")
     noise.add_argument("--kind", required=True, help="symmetric, pairflip, instance, human; for cifar10n/cifar100n also a label set (aggre, random1, worst, noisy)")
     noise.add_argument("--rate", type=float, default=0.0, help="nominal noise rate in [0, 1)")
-    noise.add_argument("--seed", type=int, default=1)
+    noise.add_argument("--seed", type=seed_arg, default=1)
     noise.add_argument("--labels-file", help="a local CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
     add_paths(noise, cache=False)
     add_json(noise)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from echobench.checks import check_seed
 from echobench.errors import EchobenchError
 from echobench.harness.context import RunContext
+
+
+def seed_arg(text: str) -> int:
+    """The argparse `type` of every seed option: a non-negative integer (numpy takes no other)."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, EchobenchError):
+        raise argparse.ArgumentTypeError(f"a seed must be a non-negative integer, got {text!r}") from None
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +49,14 @@ def context(args: argparse.Namespace) -> RunContext:
 
 def key_values(items: list[str], what: str) -> dict:
     """KEY=VALUE strings → a dict; values parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
+    from echobench.yamlsafe import load_yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise EchobenchError(f"{what} must look like KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value) if value else ""
+        out[key.strip()] = load_yaml(value, f"{what} {item!r}") if value else ""
     return out
 
 
@@ -55,14 +64,14 @@ def add_setting(cmd: argparse.ArgumentParser) -> None:
     """The options that name one setting (dataset × noise × seed) and EchoMod's generator for it."""
     cmd.add_argument("dataset", help="a registered dataset (shapes, cifar10, cifar100, cifar10n, cifar100n)")
     cmd.add_argument("--noise", required=True, help="KIND:RATE (symmetric:0.5, pairflip:0.45, instance:0.3) or human:SET")
-    cmd.add_argument("--seed", type=int, default=1, help="the run seed: noisy labels and split (default: 1)")
+    cmd.add_argument("--seed", type=seed_arg, default=1, help="the run seed: noisy labels and split (default: 1)")
     cmd.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                      help="a dataset loader option, e.g. n_train=4000 (default for shapes: the demo's n_train=4000 n_test=1000)")
     cmd.add_argument("--protocol", default="demo", help="the protocol whose validation split is used (default: demo)")
     cmd.add_argument("--engine", default="", help="EchoMod engine (default: procedural for shapes, eager elsewhere)")
     cmd.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                      help="an engine option, e.g. base_model=/path/to/sd15 or steps=20")
-    cmd.add_argument("--base-seed", type=int, default=0, help="EchoMod's own seed (part of the cache key; default 0)")
+    cmd.add_argument("--base-seed", type=seed_arg, default=0, help="EchoMod's own seed (part of the cache key; default 0)")
     cmd.add_argument("--batch-size", type=int, default=64, help="images per generation batch (default: 64)")
     add_device(cmd)
     add_paths(cmd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from echobench.checks import check_output_folder
 from echobench.cli.options import add_json
 from echobench.errors import EchobenchError
 
@@ -22,6 +23,9 @@ def add_parser(add) -> None:
                            "or with --runtime EchoMod's GPU-hours beside the paper's appendix D.", EXAMPLES, cmd_report)
     report.add_argument("dir", nargs="?", help="a results directory written by `echobench run` (not with --runtime)")
     report.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"])
+    report.add_argument("--include-stale", action="store_true",
+                        help="also tabulate stale cells (those the directory's current suite no longer contains, "
+                             "e.g. after editing it), as rows of their own; by default they are left out and counted")
     report.add_argument("--runtime", nargs="*", metavar="MEASUREMENT.json",
                         help="the runtime report instead: the paper's Tables 6/7, the compute model, floors and "
                              "projections, plus the measurements in these files (schema: echobench/reporting/runtime.py)")
@@ -39,7 +43,7 @@ def cmd_report(args) -> int:
         raise EchobenchError("--out goes with --runtime; the accuracy report is written into DIR itself")
     from echobench.reporting.tables import write_reports
 
-    doc = write_reports(args.dir, args.metric)
+    doc = write_reports(args.dir, args.metric, include_stale=args.include_stale)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2))
     else:
@@ -55,6 +59,7 @@ def _runtime_report(args) -> int:
         raise EchobenchError(f"--runtime takes measurement files, not a results directory ({args.dir!r}); "
                              f"list the files after it: `echobench report --runtime {args.dir}`")
     out = Path(args.out or Path("runs") / "runtime")
+    check_output_folder(out, "--out")  # only runtime.md and runtime.json are written there
     measurements = load_measurements(args.runtime)
     doc = write_runtime_report(out, measurements or None)
     if args.json:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from echobench.cli.options import add_device, add_json, add_paths, add_progress, add_threads, context
+from echobench.cli.options import add_device, add_json, add_paths, add_progress, add_threads, context, seed_arg
 
 EXAMPLES = """examples:
   echobench run                                   # the demo suite on the embedded `shapes` world (CPU, minutes)
@@ -26,10 +26,15 @@ def add_parser(add) -> None:
               EXAMPLES, cmd_run)
     run.add_argument("--suite", default="demo", help="a registered suite name or a YAML file (default: demo)")
     run.add_argument("--out", help="results directory (default: runs/SUITE)")
-    run.add_argument("--seeds", type=int, nargs="+", help="replace the suite's seeds")
+    run.add_argument("--seeds", type=seed_arg, nargs="+", help="replace the suite's seeds")
     add_device(run)
     add_paths(run)
-    run.add_argument("--force", action="store_true", help="recompute cells that already have a result")
+    run.add_argument("--force", action="store_true",
+                     help="recompute cells that already have a result (the old result is kept until the new one "
+                          "replaces it, and kept if the recompute fails)")
+    run.add_argument("--include-stale", action="store_true",
+                     help="the report also tabulates stale cells (those the directory's current suite no longer "
+                          "contains, e.g. after editing it), as rows of their own")
     run.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"], help="accuracy to tabulate")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells, count EchoMod's distinct pairs and project GPU-hours per stage "
@@ -70,7 +75,7 @@ def cmd_run(args) -> int:
     outcome = run_suite(suite, out, ctx, executor, seeds=args.seeds, argv=args.argv)
     cells, failed = outcome.cells, len(outcome.failed)
     wall = time.perf_counter() - started
-    doc = write_reports(out, args.metric) if failed < len(cells) else None
+    doc = write_reports(out, args.metric, include_stale=args.include_stale) if failed < len(cells) else None
     summary = {"suite": suite.name, "out": str(out), "device": outcome.device, "cells": len(cells),
                "computed": len(outcome.computed), "skipped": len(outcome.skipped), "busy": len(outcome.busy),
                "failed": outcome.failed, "wall_s": round(wall, 1)}

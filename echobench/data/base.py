@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from echobench.checks import check_options
 from echobench.errors import EchobenchError
 from echobench.paths import data_root
 from echobench.registry import Registry
@@ -51,7 +52,14 @@ DATASETS.add("cifar10n", "echobench.data.cifar_n:load_cifar10n")
 DATASETS.add("cifar100n", "echobench.data.cifar_n:load_cifar100n")
 
 
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """EchobenchError unless `options` are keyword parameters of dataset `name`'s loader, each of its
+    annotated type (`n_train: "many"` is refused before anything is loaded)."""
+    check_options(DATASETS.get(name), options, f"dataset {name!r}", skip=("root",))
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options: Any) -> Dataset:
+    check_dataset_options(name, options)
     loader = DATASETS.get(name)
     try:
         return loader(data_root(root), **options)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from echobench.checks import check_seed
 from echobench.data import DATASETS, data_root, load_dataset
 from echobench.errors import EchobenchError
 from echobench.data.noise import NOISES, NoiseSpec, empirical_transition
@@ -34,6 +35,7 @@ def _labels_and_context(dataset: str, spec: NoiseSpec, labels_file: str | None, 
 
 def noise_report(dataset: str, kind: str, rate: float, seed: int, *, labels_file: str | None = None,
                  data_root: str | None = None) -> dict[str, Any]:
+    check_seed(seed, "--seed")
     if dataset not in DATASETS:
         raise unknown_name_error("dataset", dataset, DATASETS.names())
     if ":" in kind:

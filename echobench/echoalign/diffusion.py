@@ -57,6 +57,11 @@ SCHEDULERS = {
     "euler_a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
 }
+MAX_STEPS = 1000  # SD's schedulers are trained on 1000 timesteps: more sampling steps than that do not exist
+
+
+VARIANTS = ("auto", "fp16", "none")
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -77,6 +82,17 @@ class DiffusionConfig:
     APPROXIMATE speedup: faster decoding, different images, so it is part of the cache key, and it is
     used only when asked. `echobench bench approx` measures what it, fewer `steps` and a lower
     `resolution` change in EchoSelect's decisions on the same pairs (reports/approx-shapes/).
+    `variant`: which weight files `from_pretrained` reads (its `variant=`): "auto" reads the
+    `*.fp16.*` files when the dtype is float16 and the checkpoint has them (half the download, and
+    the UNet alone is 3.4 GB in fp32), or when they are the only ones it has; "fp16" asks for them;
+    "none" reads the plain files. Not part of the cache key in float16: the fp16 files are the fp32
+    weights rounded to float16, which is what loading the fp32 files in float16 gives too (see
+    `echobench.echoalign.diffusion_configs.checkpoint_variant`); `variant=fp16` in another dtype reads
+    rounded weights, and then the key records it.
+
+    Every option of EchoMod lives in one namespace: these fields and the engine's settings
+    (`option_namespace`), so a name has one meaning whatever the engine (the compile engine's "compile
+    the VAE" is `compile_vae`, not `vae`).
     """
 
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -95,6 +111,7 @@ class DiffusionConfig:
     model: str = "sd15"
     random_init: bool = False
     vae: str = ""
+    variant: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,12 +124,14 @@ class DiffusionConfig:
         if self.prompt_template.count("{}") != 1:
             problems.append(f"prompt_template needs exactly one '{{}}' for the class name "
                             f"(got {self.prompt_template!r})")
-        if self.steps < 1:
-            problems.append(f"steps must be >= 1 (got {self.steps})")
+        if not 1 <= self.steps <= MAX_STEPS:
+            problems.append(f"steps must be from 1 to {MAX_STEPS}, the scheduler's training timesteps (got {self.steps})")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"unknown scheduler {self.scheduler!r}; known: {', '.join(SCHEDULERS)}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if self.variant not in VARIANTS:
+            problems.append(f"unknown variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
         if problems:
             raise EchobenchError("EchoMod diffusion config: " + "; ".join(problems))
 
@@ -132,8 +151,8 @@ def load_components(config: DiffusionConfig, device: str, dtype):
     """The Stable Diffusion modules of `config.base_model` and the ControlNet of `config.controlnet`
     via `from_pretrained`, in `dtype` (a torch dtype) on `device`, in eval mode
     (`echobench.echoalign.diffusion_configs.load_checkpoints`: a checkpoint that cannot be found is an
-    EchobenchError saying where it was looked for and what to do)."""
-    return load_checkpoints(config.base_model, config.controlnet, device, dtype)
+    EchobenchError saying where it was looked for and what to do), with `config.variant`'s weight files."""
+    return load_checkpoints(config.base_model, config.controlnet, device, dtype, variant=config.variant)
 
 
 def scheduler_class(name: str):
@@ -255,6 +274,7 @@ def cache_config(s: DiffusionConfig, class_names: list[str], image_size: int, dt
         **({"model": s.model} if s.model != "sd15" else {}),
         **({"random_init": True} if s.random_init else {}),
         **({"vae": s.vae} if s.vae else {}),
+        **({"variant": s.variant} if s.variant == "fp16" and dtype != "float16" else {}),
     }
 
 
@@ -431,14 +451,46 @@ def load_model(config: DiffusionConfig, device: str, dtype):
     return components
 
 
+def option_namespace(engine: str) -> dict[str, tuple[str, Any]]:
+    """Every option EchoMod takes with diffusion engine `engine`, in one namespace: option → (owner,
+    default), the owner "diffusion" (a `DiffusionConfig` field) or the engine's name (a field of its
+    settings). One name, one meaning: a name that both define is an error of the engine, raised here
+    (tests check every registered engine)."""
+    diffusion = {f.name: ("diffusion", f.default) for f in dataclasses.fields(DiffusionConfig)}
+    engine_options = {name: (engine, default) for name, default in diffusion_engine(engine).option_defaults().items()}
+    clash = sorted(set(diffusion) & set(engine_options))
+    if clash:
+        raise EchobenchError(f"engine {engine!r} defines option(s) {', '.join(clash)}, which EchoMod's diffusion "
+                             "settings define too: an option name must have one meaning; rename the engine's")
+    return {**diffusion, **engine_options}
+
+
+# Options whose meaning changed, with the value that betrays the old meaning and the new name.
+_RENAMED = {"compile": {"vae": ("compile_vae", "true/false")}}
+
+
+def _check_renamed(engine: str, options: dict[str, Any]) -> None:
+    """An EchobenchError for an option given with its old meaning (`vae=true` for the compile engine,
+    which now means a tiny decoder called "true")."""
+    for old, (new, values) in _RENAMED.get(engine, {}).items():
+        value = options.get(old)
+        if isinstance(value, bool) or str(value).strip().lower() in ("true", "false", "yes", "no", "on", "off", "1",
+                                                                      "0", "auto"):
+            raise EchobenchError(f"EchoMod option {old}={value!r}: `{old}` is the tiny decoder's model id (an "
+                                 f"AutoencoderTiny hub id or directory); the {engine} engine's option that compiles "
+                                 f"the VAE is `{new}` ({values}), called `{old}` before issue 19")
+
+
 def resolve_options(engine: str, options: dict[str, Any], device: str):
     """(DiffusionConfig, the engine's resolved settings, dtype name) from the registry's `options`.
     Everything a user can get wrong is checked here, before the model is loaded (which can take
     minutes): option names and values, and the engine's runtime."""
     settings_cls = diffusion_engine(engine)
+    namespace = option_namespace(engine)
     engine_defaults = settings_cls.option_defaults()
     diffusion_defaults = {f.name: f.default for f in dataclasses.fields(DiffusionConfig)}
-    check_option_names(options, {**diffusion_defaults, **engine_defaults})
+    _check_renamed(engine, options)
+    check_option_names(options, {name: default for name, (_, default) in namespace.items()})
     engine_options = {k: v for k, v in options.items() if k in engine_defaults}
     diffusion_options = {k: v for k, v in options.items() if k not in engine_defaults}
     model = str(diffusion_options.get("model", diffusion_defaults["model"]))

@@ -146,7 +146,8 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def build_components(name: str, *, random_init: bool = False, device: str = "cpu", dtype: Any = "auto",
-                     seed: int = 0, base_model: str | None = None, controlnet: str | None = None):
+                     seed: int = 0, base_model: str | None = None, controlnet: str | None = None,
+                     variant: str = "auto"):
     """`Components` of model `name` on `device` in `dtype` ("auto", a dtype name or a torch dtype),
     in eval mode (see the module docstring for what `random_init` means per model). `base_model` and
     `controlnet` override the checkpoints of `sd15`'s real weights."""
@@ -154,7 +155,7 @@ def build_components(name: str, *, random_init: bool = False, device: str = "cpu
     torch_dtype = _torch_dtype(dtype, device)
     if not random_init and spec.base_model is not None:
         return load_checkpoints(base_model or spec.base_model, controlnet or spec.controlnet_checkpoint, device,
-                                torch_dtype)
+                                torch_dtype, variant=variant)
     if base_model or controlnet:
         raise EchobenchError(f"model {name!r}: base_model/controlnet only apply to sd15's real weights")
     if random_init:
@@ -189,14 +190,70 @@ def parameter_counts(name: str) -> dict[str, int]:
 # ------------------------------------------------------------------------------ loading checkpoints
 
 
-def load_checkpoints(base_model: str, controlnet: str, device: str, dtype):
+# The weight files `from_pretrained` reads, per module: (subfolder, file stem). diffusers models are
+# `diffusion_pytorch_model.[variant.]safetensors` (or `.bin`), transformers models `model.[variant.]safetensors`
+# (or `pytorch_model.[variant.]bin`).
+BASE_WEIGHTS = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))
+CONTROLNET_WEIGHTS = (("", "diffusion_pytorch_model"),)
+
+
+def weight_files(subfolder: str, stem: str, variant: str | None) -> list[str]:
+    """The file names (relative to the checkpoint) `from_pretrained` looks for, safetensors first."""
+    infix = f".{variant}" if variant else ""
+    bin_stem = "pytorch_model" if stem == "model" else stem
+    names = [f"{stem}{infix}.safetensors", f"{bin_stem}{infix}.bin"]
+    return [f"{subfolder}/{name}" if subfolder else name for name in names]
+
+
+def _has_any(ident: str, names: list[str]) -> bool:
+    """Whether checkpoint `ident` (a directory, or a hub id: its local cache, then the hub unless
+    offline) has one of `names`."""
+    if os.path.isdir(ident):
+        return any(os.path.isfile(os.path.join(ident, name)) for name in names)
+    try:
+        from huggingface_hub import constants, file_exists, try_to_load_from_cache
+    except ImportError:
+        return False
+    if any(isinstance(try_to_load_from_cache(ident, name), str) for name in names):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        return any(file_exists(ident, name) for name in names)
+    except Exception:  # noqa: BLE001 - no network, no such repository: the load reports it
+        return False
+
+
+def checkpoint_variant(ident: str, parts, dtype, requested: str = "auto") -> str | None:
+    """The `variant=` to load checkpoint `ident`'s modules `parts` ((subfolder, stem) pairs) with.
+
+    "fp16" and "none" are taken as they are. "auto": "fp16" when the dtype is float16 and every module
+    has `*.fp16.*` weight files (they are the fp32 weights rounded to float16: the same numbers as the
+    plain files loaded in float16, at half the size; a cache holding only them works); otherwise None,
+    the plain files. In float32, "auto" never reads fp16 files: their weights are rounded, so a float32
+    run from them would not be the float32 run its cache key describes (`variant=fp16` asks for them
+    explicitly, and then the key says so)."""
+    if requested in ("none", "", None):
+        return None
+    if requested != "auto":
+        return requested
+    import torch
+
+    if dtype != torch.float16:
+        return None
+    return "fp16" if all(_has_any(ident, weight_files(sub, stem, "fp16")) for sub, stem in parts) else None
+
+
+def load_checkpoints(base_model: str, controlnet: str, device: str, dtype, variant: str = "auto"):
     """The Stable Diffusion modules of the checkpoint `base_model` and the ControlNet of `controlnet`
     (hub ids or local directories) via `from_pretrained`, in `dtype` (a torch dtype) on `device`, in
-    eval mode.
+    eval mode. `variant` ("auto", "fp16", "none"): which weight files to read, per checkpoint
+    (`checkpoint_variant`), passed to `from_pretrained(variant=...)`.
 
     A checkpoint that is neither a local directory nor in the Hugging Face cache (and cannot be
-    downloaded, e.g. offline) is an EchobenchError that names it, the cache directory in use and how
-    to pass a local directory instead.
+    downloaded, e.g. offline), or that lacks the weight files of the variant, is an EchobenchError
+    that names it, the files looked for, the cache directory in use and how to pass a local directory
+    instead.
     """
     import diffusers
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -205,16 +262,26 @@ def load_checkpoints(base_model: str, controlnet: str, device: str, dtype):
 
     base = _checkpoint_path(base_model, "base_model")
     control = _checkpoint_path(controlnet, "controlnet")
+    base_variant = checkpoint_variant(base, BASE_WEIGHTS, dtype, variant)
+    control_variant = checkpoint_variant(control, CONTROLNET_WEIGHTS, dtype, variant)
     weights = {"torch_dtype": dtype, **_low_memory_kwargs()}
+
+    def files(sub: str, stem: str, chosen: str | None) -> list[str]:
+        return weight_files(sub, stem, chosen)
+
     # The small files first, so that a missing checkpoint is reported before gigabytes are read.
-    scheduler = _load("scheduler", base, lambda: _checkpoint_scheduler(base))
-    controlnet = _load("ControlNet", control, lambda: diffusers.ControlNetModel.from_pretrained(control, **weights))
-    unet = _load("UNet", base,
-                 lambda: diffusers.UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights))
-    vae = _load("VAE", base, lambda: diffusers.AutoencoderKL.from_pretrained(base, subfolder="vae", **weights))
+    scheduler = _load("scheduler", base, lambda: _checkpoint_scheduler(base), ["scheduler/scheduler_config.json"])
+    controlnet = _load("ControlNet", control,
+                       lambda: diffusers.ControlNetModel.from_pretrained(control, variant=control_variant, **weights),
+                       files("", "diffusion_pytorch_model", control_variant))
+    unet = _load("UNet", base, lambda: diffusers.UNet2DConditionModel.from_pretrained(
+        base, subfolder="unet", variant=base_variant, **weights), files("unet", "diffusion_pytorch_model", base_variant))
+    vae = _load("VAE", base, lambda: diffusers.AutoencoderKL.from_pretrained(
+        base, subfolder="vae", variant=base_variant, **weights), files("vae", "diffusion_pytorch_model", base_variant))
     # transformers renamed torch_dtype → dtype; casting after loading works with every version.
-    text_encoder = _load("text encoder", base,
-                         lambda: _without_progress_bar(lambda: CLIPTextModel.from_pretrained(base, subfolder="text_encoder")))
+    text_encoder = _load("text encoder", base, lambda: _without_progress_bar(
+        lambda: CLIPTextModel.from_pretrained(base, subfolder="text_encoder", variant=base_variant)),
+        files("text_encoder", "model", base_variant))
     text_encoder = text_encoder.to(dtype=dtype)
     tokenizer = _load("tokenizer", base, lambda: CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"))
     _check_tokenizer(tokenizer, base)
@@ -258,14 +325,15 @@ def _check_tokenizer(tokenizer, base: str) -> None:
         raise _missing_checkpoint("tokenizer", base, f"no tokenizer files found (vocabulary of {len(tokenizer)})")
 
 
-def _load(what: str, ident: str, load: Callable[[], Any]) -> Any:
+def _load(what: str, ident: str, load: Callable[[], Any], looked_for: list[str] | None = None) -> Any:
     from huggingface_hub.utils import HFValidationError
 
     try:
         return load()
-    except (OSError, HFValidationError) as error:  # hub errors are OSError subclasses
+    except (OSError, HFValidationError, ValueError) as error:  # hub errors are OSError subclasses; a
+        # missing variant is a ValueError in some diffusers versions
         lines = str(error).strip().splitlines()
-        raise _missing_checkpoint(what, ident, lines[0] if lines else type(error).__name__) from error
+        raise _missing_checkpoint(what, ident, lines[0] if lines else type(error).__name__, looked_for) from error
 
 
 def _without_progress_bar(load: Callable[[], Any]) -> Any:
@@ -282,14 +350,16 @@ def _without_progress_bar(load: Callable[[], Any]) -> Any:
             logging.enable_progress_bar()
 
 
-def _missing_checkpoint(what: str, ident: str, reason: str) -> EchobenchError:
+def _missing_checkpoint(what: str, ident: str, reason: str, looked_for: list[str] | None = None) -> EchobenchError:
     from huggingface_hub import constants
 
+    files = (f" (looked for {' or '.join(looked_for)}; the engine option variant=fp16|none|auto chooses the "
+             "weight files)") if looked_for else ""
     if os.path.isdir(ident):
-        return EchobenchError(f"cannot load the {what} from the local directory {ident!r}: {reason}")
+        return EchobenchError(f"cannot load the {what} from the local directory {ident!r}{files}: {reason}")
     offline = ", and the hub is offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
     return EchobenchError(
-        f"cannot load the {what} of {ident!r}: it is not a local directory and not in the Hugging Face "
+        f"cannot load the {what} of {ident!r}{files}: it is not a local directory and not in the Hugging Face "
         f"cache in use ({constants.HF_HUB_CACHE}){offline}. Download it once where the hub can be "
         "reached (it is then found in that cache), or pass a local directory path as "
         "base_model/controlnet (base_model: a diffusers folder with unet/, vae/, text_encoder/, "

@@ -13,6 +13,7 @@ the τ sweep of Figure 4b.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,20 +179,17 @@ def plot_histograms(similarity: np.ndarray, is_clean: np.ndarray, tau: float, pa
 
 
 def save_png(fig, path) -> None:
-    """Write a matplotlib figure as PNG to a temporary name, rename it over `path`, close the figure."""
-    import os
-    import tempfile
+    """Write a matplotlib figure as PNG to `path` atomically (`echobench.files`: a temporary name beside
+    it, then a rename; the user's umask, not mkstemp's 0600) and close the figure."""
+    import io
 
     import matplotlib.pyplot as plt
 
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".figure.", suffix=".png", dir=folder)
-    os.close(fd)
+    from echobench.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(Path(path), buffer.getvalue())

@@ -7,7 +7,10 @@ A `FeatureExtractor` maps uint8 NHWC images to float32 features (N, D), in batch
   option (`openai` for OpenAI's weights, `none` for random weights, e.g. for timing). Images are
   preprocessed as a batch of tensors (bicubic resize of the short side to 224 with antialiasing,
   centre crop, CLIP mean/std), which is open_clip's own preprocess pipeline applied to tensors instead
-  of one PIL image at a time; half precision on GPU.
+  of one PIL image at a time; half precision on GPU. `exact_released=true` runs the released
+  `clip_filter.py`'s way instead: open_clip's own PIL preprocess on each image and the model in
+  float32 on every device (slower; `echobench select` then also reports how many keep/replace
+  decisions the fast path would have made differently at its τ: `exact_released_differences`).
 - ``shapes-hog``: the embedded extractor for the `shapes` world (no download): a histogram of oriented
   gradients of the grey image (Dalal–Triggs HOG in NumPy: 8 px cells, 9 bins, 2×2-cell blocks, on
   the image resized to 32 px) — it describes the object's outline, which is what a label change alters — centred by a fixed
@@ -16,6 +19,7 @@ A `FeatureExtractor` maps uint8 NHWC images to float32 features (N, D), in batch
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -174,6 +178,7 @@ class ClipOptions:
     model: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"  # the released code's tag; "openai" or "none" also work
     batch_size: int = 256
+    exact_released: bool = False  # PIL preprocessing + float32, as the released clip_filter.py
 
 
 def create_clip(options: "ClipOptions"):
@@ -202,7 +207,8 @@ class OpenClip:
 
         self.options, self.device = options, torch.device(device)
         model, preprocess = built if built is not None else create_clip(options)
-        self.half = self.device.type == "cuda"
+        self.pil_preprocess = preprocess
+        self.half = self.device.type == "cuda" and not options.exact_released
         self.model = model.visual.to(self.device).eval()
         if self.half:
             self.model = self.model.half()
@@ -214,10 +220,22 @@ class OpenClip:
 
     @classmethod
     def create(cls, options: dict[str, Any], device: str) -> "OpenClip":
+        options = dict(options)
+        if "exact_released" in options:
+            options["exact_released"] = _as_bool(options["exact_released"], "exact_released")
         return cls(_options(ClipOptions, options, "extractor 'open_clip'"), device)
 
     def config(self) -> dict[str, Any]:
-        return {"extractor": self.name, "model": self.options.model, "pretrained": self.options.pretrained}
+        exact = {"exact_released": True} if self.options.exact_released else {}  # older configs unchanged
+        return {"extractor": self.name, "model": self.options.model, "pretrained": self.options.pretrained, **exact}
+
+    def preprocess_released(self, images_uint8: np.ndarray):
+        """The released clip_filter.py's input: open_clip's PIL preprocess (resize, centre crop,
+        to tensor, normalise) of each image, stacked, float32."""
+        import torch
+        from PIL import Image
+
+        return torch.stack([self.pil_preprocess(Image.fromarray(image)) for image in images_uint8]).to(self.device)
 
     def preprocess(self, images_uint8):
         """uint8 NHWC tensor → the CLIP input: bicubic resize to 224 (short side), centre crop, normalise."""
@@ -239,7 +257,8 @@ class OpenClip:
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), self.options.batch_size):
-                x = self.preprocess(torch.from_numpy(np.ascontiguousarray(images[start : start + self.options.batch_size])))
+                part = np.ascontiguousarray(images[start : start + self.options.batch_size])
+                x = self.preprocess_released(part) if self.options.exact_released else self.preprocess(torch.from_numpy(part))
                 feats = self.model(x.half() if self.half else x)
                 out.append(feats.float().cpu())
                 if progress is not None:
@@ -248,3 +267,42 @@ class OpenClip:
 
 
 EXTRACTORS.add("open_clip", OpenClip)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise EchobenchError(f"extractor option {name}: expected true or false, got {value!r}")
+
+
+def exact_released_differences(originals: np.ndarray, modified: np.ndarray, tau: float, *, strict: bool,
+                               extractor: str, options: dict[str, Any] | None, device: str,
+                               backend: str = "auto", built=None) -> dict[str, Any] | None:
+    """When EchoSelect runs open_clip with `exact_released=true`: S of the pairs from the released path
+    (PIL preprocessing, float32) and from the fast one (tensor preprocessing, float16 on a GPU), both
+    with one model (`built`, or created once here, so random weights are shared too), and how many
+    keep/replace decisions at τ differ; None for any other extractor or setting."""
+    from echobench.echoalign.echoselect import keep_original, paired_cosine
+
+    options = dict(options or {})
+    if extractor != "open_clip" or not _as_bool(options.get("exact_released", False), "exact_released"):
+        return None
+    exact_options = _options(ClipOptions, {**options, "exact_released": True}, "extractor 'open_clip'")
+    built = built if built is not None else create_clip(exact_options)
+    paths = {}
+    for name, exact in (("exact", True), ("fast", False)):
+        fx = OpenClip(dataclasses.replace(exact_options, exact_released=exact), device, built=built)
+        paths[name] = (fx, paired_cosine(fx.extract(originals), fx.extract(modified), backend))
+    (_, s_exact), (fast, s_fast) = paths["exact"], paths["fast"]
+    exact_keep, fast_keep = keep_original(s_exact, tau, strict=strict), keep_original(s_fast, tau, strict=strict)
+    delta = np.abs(np.asarray(s_fast, np.float64) - np.asarray(s_exact, np.float64))
+    return {"tau": float(tau), "n": int(len(exact_keep)), "decisions_differ": int((exact_keep != fast_keep).sum()),
+            "kept_exact": int(exact_keep.sum()), "kept_fast": int(fast_keep.sum()),
+            "max_abs_delta_s": float(delta.max()) if len(delta) else 0.0,
+            "mean_abs_delta_s": float(delta.mean()) if len(delta) else 0.0,
+            "fast_path": f"tensor preprocessing, {'float16' if fast.half else 'float32'} on {device}"}

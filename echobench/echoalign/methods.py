@@ -73,6 +73,7 @@ def modify_pairs(dataset: str, dataset_options: dict | None, class_names: list[s
         if out is not None and found.all():
             stats.cached, stats.seconds = len(indices), time.perf_counter() - started
             return out, stats
+        cache.check_writable(int((~found).sum()))  # a read-only cache fails here, before the generator loads
     modifier = make_modifier(engine, dataset, class_names, images.shape[1], engine_options, device)
     cache = cache_for(modifier.config(), dataset, dataset_options, base_seed=base_seed, root=cache_dir)
     return cache.get_or_generate(modifier, images, indices, labels, base_seed=base_seed, batch_size=batch_size,

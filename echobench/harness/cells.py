@@ -6,6 +6,12 @@ kind. `compute_in_store` runs a computation under the cell's lock and files its 
 `compute_cell` is the two together, which is what every executor does with a cell in whichever
 process runs it (the Ray driver files what its tasks return with `begin_cell` / `file_outcome`,
 the same steps split around the remote call).
+
+Under the lock a damaged cell (`Store.load_cell`) is first moved aside; `config.json` is written before
+computing only when the cell has no result, and the result is filed with its configuration in one
+rename (`Store.commit_result`), so a `--force` that fails or is killed leaves the old result and its
+configuration as they were. A file system that refuses the result (full, read-only) stops the run
+with one line (`EchobenchError`); the cell keeps its previous files.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from echobench.errors import EchobenchError
 from echobench.harness.context import RunContext
-from echobench.harness.store import Store
+from echobench.harness.store import SCHEMA, Store
 from echobench.harness.suite import CellSpec
 
 CELL_STATUSES = ("computed", "skipped", "busy", "failed")
@@ -44,7 +50,7 @@ def error_message(exc: BaseException) -> str:
 
 def cell_config(spec: CellSpec, suite_name: str, env: dict, executor: dict | None = None) -> dict[str, Any]:
     """config.json of a cell: its spec and what ran it (training cells carry no "kind": kind train)."""
-    config = {"run_id": spec.run_id, "suite": suite_name, **({"kind": spec.kind} if spec.kind != "train" else {}),
+    config = {"schema": SCHEMA, "run_id": spec.run_id, "suite": suite_name, **({"kind": spec.kind} if spec.kind != "train" else {}),
               "spec": spec.to_dict(), "environment": env}
     if executor:
         config["executor"] = executor
@@ -60,6 +66,7 @@ def begin_cell(store: Store, spec: CellSpec, force: bool) -> Iterator[str | None
         if not held:
             yield "busy"
             return
+        store.set_aside_if_damaged(rid)  # kept under cells/<id>/damaged-<time>/, computed again below
         if not force and store.has_result(rid):  # another runner finished it meanwhile
             yield "skipped"
             return
@@ -67,19 +74,21 @@ def begin_cell(store: Store, spec: CellSpec, force: bool) -> Iterator[str | None
         yield None
 
 
+def prepare_cell(store: Store, spec: CellSpec, config: dict) -> None:
+    """Before computing (lock held): config.json says what is being computed, unless an older result is
+    kept until the new one replaces it; a previous attempt's error.json goes."""
+    if not store.has_result(spec.run_id):
+        store.write(spec.run_id, "config.json", config)
+    store.remove(spec.run_id, "error.json")
+
+
 def file_outcome(store: Store, spec: CellSpec, config: dict, result: dict | None = None, error: str | None = None,
                  trace: str = "", files: dict[str, bytes] | None = None) -> tuple[str, str | None]:
-    """Write a computed cell's config and result (or error) through the store, under its held lock."""
-    rid = spec.run_id
-    store.write(rid, "config.json", config)
+    """File a computed cell's result with its config (or its error) through the store, under its held lock."""
     if error is not None:
-        store.remove(rid, "result.json")
-        store.write(rid, "error.json", {"run_id": rid, "error": error, "traceback": trace})
+        store.file_failure(spec.run_id, config, error, trace)  # an older result and its config stay
         return "failed", error
-    for name, data in (files or {}).items():  # a selection cell's figures, before its result
-        store.write_bytes(rid, name, data)
-    store.remove(rid, "error.json")
-    store.write(rid, "result.json", {"run_id": rid, **result})
+    store.commit_result(spec.run_id, config, result, files)
     return "computed", None
 
 
@@ -91,8 +100,7 @@ def compute_in_store(store: Store, suite_name: str, spec: CellSpec, env: dict, c
         if status is not None:
             return status, None
         config = cell_config(spec, suite_name, env, executor)
-        store.write(spec.run_id, "config.json", config)
-        store.remove(spec.run_id, "error.json")
+        prepare_cell(store, spec, config)
         try:
             result = compute_fn()
         except (KeyboardInterrupt, SystemExit):

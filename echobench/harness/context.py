@@ -41,7 +41,11 @@ class RunContext:
         data = paths.data_root(data_root, environ)
         cache = paths.echomod_cache(cache_dir, data, environ)
         for label, path in (("--data-root", data), ("--cache-dir", cache)):
-            if path.exists() and not path.is_dir():
+            try:
+                is_file = path.exists() and not path.is_dir()
+            except OSError:  # e.g. a default under another user's home: the stage that uses it says so
+                is_file = False
+            if is_file:
                 raise EchobenchError(f"{label} {path} is a file, not a directory; choose a directory")
         return cls(data_root=str(data), cache_dir=str(cache), device=str(device), threads=threads,
                    progress=bool(progress), force=bool(force))

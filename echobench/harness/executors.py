@@ -17,13 +17,17 @@ Runtime cells (Tables 6, 7) always run last and inline, with the device to thems
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from echobench.errors import EchobenchError
 from echobench.harness.context import RunContext
 from echobench.harness.executor import Executor, InlineExecutor
 from echobench.harness.ray_tasks import RAY_INSTALL
 
+MAX_WORKERS_PER_CORE = 4  # as --threads: more worker processes than that is a typo, and each loads torch
+
 EXECUTORS = ("local", "ray")
+
 
 def check_executor_args(executor: str, workers: int | None, address: str | None) -> None:
     """Refuse inconsistent executor options before anything is loaded or written."""
@@ -31,6 +35,9 @@ def check_executor_args(executor: str, workers: int | None, address: str | None)
         raise EchobenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise EchobenchError(f"--workers must be at least 1, got {workers}")
+    cores = os.cpu_count() or 1
+    if workers is not None and workers > cores * MAX_WORKERS_PER_CORE:  # each is a process with torch loaded
+        raise EchobenchError(f"--workers must be at most {cores * MAX_WORKERS_PER_CORE} ({cores} cores here), got {workers}")
     if executor == "local" and address is not None:
         raise EchobenchError(f"--address {address} goes with --executor ray (the local executor runs on this machine)")
     if executor == "ray":

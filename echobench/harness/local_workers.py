@@ -15,7 +15,9 @@ Failures:
   signal; a re-run computes it) and the other workers go on with the rest;
 - a driver that dies takes its workers with it (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog
   thread notices the new parent within a second), so a re-run never races a leftover worker;
-- Ctrl-C stops the workers and the driver; finished cells are kept.
+- Ctrl-C stops the workers and the driver; finished cells are kept;
+- a results store that refuses a write (full disk, read-only) in a worker stops the run with that
+  worker's one-line message (the cell keeps its previous files).
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ class LocalWorkers(Executor):
                     if chunk:
                         for line in worker.feed(chunk):
                             report = json.loads(line)
+                            if report.get("fatal"):  # one line, and the BaseException branch stops the workers
+                                raise EchobenchError(report["error"])
                             spec = worker.current
                             hand_out(worker)
                             yield spec, report["status"], report.get("error")
@@ -283,7 +287,11 @@ def worker_main() -> int:
             continue
         message = json.loads(line)
         spec = spec_types[message.get("kind", "train")].from_dict(message["spec"])
-        status, error = compute_cell(store, job["suite"], spec, env, ctx, executor=executor)
+        try:
+            status, error = compute_cell(store, job["suite"], spec, env, ctx, executor=executor)
+        except EchobenchError as exc:  # the store refused a write (full disk, read-only): the run stops
+            protocol.write(json.dumps({"run_id": spec.run_id, "status": "failed", "error": str(exc), "fatal": True}) + "\n")
+            return 1
         protocol.write(json.dumps({"run_id": spec.run_id, "status": status, "error": error}) + "\n")
     return 0
 

@@ -23,7 +23,8 @@ What runs where:
    asks for num_cpus=--threads (default 1) and runs that many torch threads. The run context
    (`echobench.harness.context.RunContext`) travels to every task as one dict.
 4. Results. The driver holds each cell's lock (the same `flock` as every runner) while its task
-   runs, writes config.json when it submits the task, and writes result.json (or error.json) from
+   runs, writes config.json when it submits the task (unless an older result is kept until the new one
+   replaces it: `cells.prepare_cell`), and writes result.json (or error.json) from
    what the task returns, through the same results store. Tasks never write the results store,
    so it needs no shared file system; the datasets and EchoMod's cache must be at the same paths on
    every node (a shared file system for a multi-node cluster), and every node needs echobench
@@ -48,7 +49,7 @@ from typing import Any
 from typing import Iterator
 
 from echobench.errors import EchobenchError
-from echobench.harness.cells import begin_cell, cell_config, error_message, file_outcome
+from echobench.harness.cells import begin_cell, cell_config, error_message, file_outcome, prepare_cell
 from echobench.harness.context import RunContext
 from echobench.harness.executor import Executor, Outcome
 from echobench.harness.store import Store
@@ -193,8 +194,7 @@ class RayExecutor(Executor):
                         stack.close()
                         return spec, status, None
                     config = cell_config(spec, suite_name, driver_env, {**executor, "state": "submitted"})
-                    store.write(spec.run_id, "config.json", config)
-                    store.remove(spec.run_id, "error.json")
+                    prepare_cell(store, spec, config)
                     generating = _generation_spec(spec)
                     deps = shard_refs.get(group_key_of(generating) or "", []) if generating is not None else []
                     ref = remote_cell.remote(spec.to_dict(), spec.kind, task_ctx, *deps)

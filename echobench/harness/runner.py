@@ -6,8 +6,13 @@ once, and hand them to an executor, which only maps "compute this cell" over the
 
 Every cell, whatever its kind and whichever process computes it, goes through
 `echobench.harness.cells.compute_cell` (or, on Ray, the same steps split around the remote call):
-under its lock, into the one results store, skipped when it has a result unless the context says
-`force`. A run killed at any point resumes where it stopped.
+under its lock, into the one results store, skipped when it has a (valid) result unless the context
+says `force`. A run killed at any point resumes where it stopped.
+
+Before any cell is computed, the directory is claimed (`Store.claim`: refused if it belongs to another
+suite or to the user; the suite's experiments recorded, so that a report can tell the cells an edited
+suite no longer contains) and its layout checked (`Store.check_layout`: folders where folders belong,
+writable), so a read-only or cluttered `--out` costs one line, not a computation.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from echobench.files import atomic_write_json
 from echobench.harness.context import RunContext
 from echobench.harness.executor import Executor, InlineExecutor
-from echobench.harness.store import COMMANDS_DIR, Store
+from echobench.harness.store import COMMANDS_DIR, Store, experiment_key, writing
 from echobench.harness.suite import CellSpec, RuntimeSpec, SelectionSpec, Suite
 
 
@@ -68,6 +73,15 @@ def plan_cells(suite: Suite, seeds: list[int] | None, device: str) -> tuple[list
     return suite.expand_selection(seeds), suite.expand(seeds), runtime
 
 
+def suite_experiments(suite: Suite, cells: list[CellSpec]) -> list[str]:
+    """The experiments (`store.experiment_key`: cells without their seed) the suite contains: those of
+    `cells` and of every device variant of its runtime cells, whichever device this run uses."""
+    keys = [experiment_key(c.kind, c.to_dict()) for c in cells]
+    for device_type in sorted(suite.runtime_variants()):
+        keys += [experiment_key(c.kind, c.to_dict()) for c in suite.expand_runtime(device_type)]
+    return keys
+
+
 def record_command(out: str | Path, suite: Suite, argv: list[str] | None, device: str,
                    cells: dict[str, int]) -> Path:
     """Write OUT/commands/<UTC time>-<pid>.json: the command line, suite, device and cell counts of this run
@@ -75,9 +89,10 @@ def record_command(out: str | Path, suite: Suite, argv: list[str] | None, device
     now = datetime.now(timezone.utc)
     argv = list(argv) if argv is not None else sys.argv[1:]
     path = Path(out) / COMMANDS_DIR / f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{os.getpid()}.json"
-    atomic_write_json(path, {"command": "echobench " + shlex.join(argv), "argv": argv, "started": now.isoformat(),
-                             "suite": suite.name, "suite_source": suite.source, "description": suite.description,
-                             "kinds": suite.kinds, "device": device, "cells": cells, "cwd": os.getcwd()})
+    with writing(f"to {out}"):
+            atomic_write_json(path, {"command": "echobench " + shlex.join(argv), "argv": argv, "started": now.isoformat(),
+                                 "suite": suite.name, "suite_source": suite.source, "description": suite.description,
+                                 "kinds": suite.kinds, "device": device, "cells": cells, "cwd": os.getcwd()})
     return path
 
 
@@ -93,7 +108,8 @@ def run_suite(suite: Suite, out: str | Path, ctx: RunContext | None = None, exec
     device = ctx.resolved_device
     selection, train, runtime = plan_cells(suite, seeds, device)
     store = Store(out)
-    store.claim(suite.name)
+    store.claim(suite.name, suite_experiments(suite, [*selection, *train]))
+    store.check_layout([c.run_id for c in [*selection, *train, *runtime]])
     record_command(out, suite, argv, device, {"train": len(train), "selection": len(selection), "runtime": len(runtime)})
     outcome = SuiteOutcome([*selection, *train, *runtime], device=executor.describe(ctx))
     started = time.perf_counter()

@@ -24,6 +24,8 @@ import numpy as np
 
 from echobench.echoalign.methods import EchoAlignParams, modify_task_pairs, resolve_tau, similarity_of_pairs
 from echobench.echoalign.echoselect import TABLE4_PRECISIONS, plot_histograms, save_png, separation, table4_view, tau_sweep
+from echobench.checks import check_seed
+from echobench.data.base import check_dataset_options
 from echobench.errors import EchobenchError
 from echobench.training.protocols import get_protocol
 from echobench.files import atomic_write_json, atomic_write_text
@@ -50,6 +52,8 @@ def setting_task(dataset: str, dataset_options: dict, noise: str, seed: int, *, 
     `protocol`: a protocol name, or a protocol resolved to its full fields (a cell's `protocol`)."""
     from echobench.harness.train_cell import build_task, get_dataset, make_noisy_labels
 
+    check_seed(seed, "--seed")  # before the dataset is loaded
+    check_dataset_options(dataset, dataset_options)
     ctx = ctx or default_context(device="cpu")
     protocol = get_protocol(protocol).to_dict() if isinstance(protocol, str) else dict(protocol)
     spec = RunSpec(dataset, dict(dataset_options), noise, "echoalign", {}, int(seed), protocol)
@@ -97,6 +101,14 @@ def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: li
         "tau_sweep": tau_sweep(similarity, is_clean),
         "cache": stats.as_dict(), "echoselect_seconds": round(select_s, 3),
     }
+    from echobench.echoalign.features import default_extractor, exact_released_differences
+
+    released = exact_released_differences(  # open_clip with exact_released=true only (issue 19)
+        originals, modified, tau, strict=params.strict,
+        extractor=params.extractor or default_extractor(task.dataset), options=params.extractor_options,
+        device=str(task.device), backend=params.similarity)
+    if released is not None:
+        doc["exact_released"] = released
     for name in peers:
         selector = SELECTORS.get(name)
         peer_started = time.perf_counter()
@@ -163,6 +175,11 @@ def format_select_report(doc: dict[str, Any]) -> str:
     precisions = list(next(iter(doc["table4"].values())))
     rows = [[name, *view.values()] for name, view in doc["table4"].items()]
     lines.append(tabulate(rows, headers=["selector", *precisions], tablefmt="github"))
+    if doc.get("exact_released"):
+        r = doc["exact_released"]
+        lines += ["", f"Released preprocessing (PIL, float32) vs the fast path ({r['fast_path']}) at τ = {r['tau']:g}: "
+                      f"{r['decisions_differ']} of {r['n']} keep/replace decisions differ; max |ΔS| "
+                      f"{r['max_abs_delta_s']:.4f}, mean {r['mean_abs_delta_s']:.4f}"]
     if doc["peers"]:
         lines += ["", "Peers' own selections:",
                   tabulate([[n, p["n_selected"], f"{p['precision']:.4f}", f"{p['recall']:.4f}", p["seconds"]]

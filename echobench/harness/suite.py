@@ -34,6 +34,13 @@ cells only:
 
 Keys a block inherits from the top level but that its kind does not use are dropped; a block that
 sets one itself is refused.
+
+Everything is checked here, when the suite is parsed (so `run --dry-run` refuses what `run` would),
+before anything is loaded or written: the YAML itself (`echobench.yamlsafe`: no duplicate keys,
+bounded aliases), the name (a plain folder name: it becomes `runs/NAME`), each axis (non-empty),
+seeds (non-negative integers), dataset options (against the loader's keyword parameters), the
+protocol (a name or a mapping, its fields against `Protocol`) and each method's hyperparameters
+(against its `Params` dataclass), with the one type check of `echobench.checks`.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from echobench.checks import check_fields, check_seed, check_seeds, safe_name
 from echobench.data import DATASETS
+from echobench.data.base import check_dataset_options
 from echobench.errors import EchobenchError
 from echobench.training.method import METHODS
 from echobench.data.noise import NoiseSpec
@@ -188,6 +197,7 @@ class Suite:
     def expand(self, seeds: list[int] | None = None) -> list[RunSpec]:
         """All training cells in a stable order; `seeds` replaces the suite's seeds. Blocks of another
         kind are left out (`expand_selection`, `expand_runtime`)."""
+        seeds = check_seeds(seeds, "--seeds") if seeds is not None else None
         cells: dict[str, RunSpec] = {}
         for block in self.blocks:
             if block["kind"] != "train":
@@ -204,6 +214,7 @@ class Suite:
 
     def expand_selection(self, seeds: list[int] | None = None) -> list[SelectionSpec]:
         """The `selection` cells (Table 4) in a stable order; `seeds` replaces the suite's seeds."""
+        seeds = check_seeds(seeds, "--seeds") if seeds is not None else None
         cells: dict[str, SelectionSpec] = {}
         for block in self.blocks:
             if block["kind"] != "selection":
@@ -243,9 +254,14 @@ class Suite:
 
 
 def _protocol(protocol_cfg: Any) -> dict:
-    proto_name, overrides = (protocol_cfg, {}) if isinstance(protocol_cfg, str) else (
-        protocol_cfg.get("name"), {k: v for k, v in protocol_cfg.items() if k != "name"})
-    return get_protocol(proto_name, overrides).to_dict()
+    """A protocol, resolved to all its fields: a registered name, or a mapping {name: NAME, field: value}
+    whose fields override the named protocol's (checked against `Protocol`'s annotations)."""
+    if isinstance(protocol_cfg, str):
+        return get_protocol(protocol_cfg).to_dict()
+    if not isinstance(protocol_cfg, dict) or not isinstance(protocol_cfg.get("name"), str):
+        raise EchobenchError(f"`protocol` must be a protocol name (e.g. smoke) or a mapping with a name and the "
+                             f"fields to change (e.g. {{name: smoke, epochs: 5}}), got {protocol_cfg!r}")
+    return get_protocol(protocol_cfg["name"], {k: v for k, v in protocol_cfg.items() if k != "name"}).to_dict()
 
 
 def _selection_params(dataset: str, overrides: dict) -> dict:
@@ -262,22 +278,22 @@ def _selection_params(dataset: str, overrides: dict) -> dict:
 
 def load_suite(name_or_path: str) -> Suite:
     """A registered suite name (`demo`, `smoke`, ...) or a path to a YAML file."""
-    import yaml
+    from echobench.yamlsafe import load_yaml
 
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.exists():
         if not path.is_file():
             raise EchobenchError(f"suite file {path} does not exist")
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EchobenchError(f"suite {source} cannot be read as UTF-8 text: {exc}") from None
     else:
         rel = SUITES.get(name_or_path)
         text = resources.files("echobench.suites").joinpath(rel.name).read_text()
         source = str(rel)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise EchobenchError(f"suite {source} is not valid YAML: {exc}") from None
-    return parse_suite(raw, source)
+    return parse_suite(load_yaml(text, f"suite {source}"), source)
 
 
 def _check_mapping(value: Any, known: set[str], source: str, where: str = "") -> None:
@@ -293,8 +309,9 @@ def _check_mapping(value: Any, known: set[str], source: str, where: str = "") ->
 
 def parse_suite(raw: Any, source: str) -> Suite:
     _check_mapping(raw, SUITE_KEYS, source)
-    if not raw.get("name"):
+    if raw.get("name") is None:
         raise EchobenchError(f"suite {source} needs a name")
+    name = safe_name(raw["name"], f"suite {source}: `name`")  # it becomes a folder: runs/NAME
     top = {k: raw[k] for k in BLOCK_KEYS if k in raw}
     raw_blocks = raw.get("blocks", [])
     if not isinstance(raw_blocks, list) or not all(isinstance(b, dict) for b in raw_blocks):
@@ -312,25 +329,34 @@ def parse_suite(raw: Any, source: str) -> Suite:
             raise EchobenchError(f"suite {source}: a `{kind}` block takes {sorted(required | optional)}, not {stray}")
         merged = {k: v for k, v in dict(top, **b).items() if k in required | optional}
         blocks.append(_normalize_block({**merged, "kind": kind}, source))
-    return Suite(str(raw["name"]), str(raw.get("description", "")), blocks, source)
+    return Suite(name, str(raw.get("description", "")), blocks, source)
 
 
 def _as_named(value: Any, what: str, source: str) -> list[tuple[str, dict]]:
-    """A list of names or a mapping name → options, as (name, options) pairs."""
+    """A name, a list of names (or of one-key mappings {name: options}) or a mapping name → options,
+    as (name, options) pairs; options are a mapping (or empty). An empty axis is an error."""
     if isinstance(value, str):
         value = [value]
     if isinstance(value, dict):
-        return [(str(k), dict(v or {})) for k, v in value.items()]
-    if isinstance(value, list) and value:
-        out = []
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        pairs = []
         for item in value:
-            if isinstance(item, dict) and len(item) == 1:
-                (k, v), = item.items()
-                out.append((str(k), dict(v or {})))
-            else:
-                out.append((str(item), {}))
-        return out
-    raise EchobenchError(f"suite {source}: `{what}` must be a non-empty list or mapping")
+            if isinstance(item, dict) and len(item) != 1:
+                raise EchobenchError(f"suite {source}: an entry of `{what}` is a mapping with {len(item)} keys; "
+                                     f"write one {{name: {{option: value}}}} per entry, got {item!r}")
+            pairs.append(next(iter(item.items())) if isinstance(item, dict) else (item, None))
+    else:
+        pairs = []
+    if not pairs:
+        raise EchobenchError(f"suite {source}: `{what}` must be a non-empty list or mapping, got {value!r}")
+    for name, options in pairs:
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise EchobenchError(f"suite {source}: `{what}` names must be strings, got {name!r}")
+        if options is not None and not isinstance(options, dict):
+            raise EchobenchError(f"suite {source}: the options of {what} entry {name!r} must be a mapping "
+                                 f"{{option: value}}, got {options!r}")
+    return [(str(name), dict(options or {})) for name, options in pairs]
 
 
 def _normalize_block(block: dict, source: str) -> dict:
@@ -341,21 +367,35 @@ def _normalize_block(block: dict, source: str) -> dict:
     if kind == "runtime":
         return {"kind": kind, "runtime": _normalize_runtime(block["runtime"], source)}
     datasets = _as_named(block["datasets"], "datasets", source)
-    for name, _ in datasets:
+    for name, options in datasets:
         if name not in DATASETS:
             raise unknown_name_error("dataset", name, DATASETS.names())
-    noise = [str(NoiseSpec.parse(n)) for n in (block["noise"] if isinstance(block["noise"], list) else [block["noise"]])]
-    seeds = block["seeds"] if isinstance(block["seeds"], list) else [block["seeds"]]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise EchobenchError(f"suite {source}: seeds must be a list of integers")
+        _in_suite(source, check_dataset_options, name, options)
+    noise = block["noise"] if isinstance(block["noise"], list) else [block["noise"]]
+    if not noise or not all(isinstance(n, str) for n in noise):
+        raise EchobenchError(f"suite {source}: `noise` must be a non-empty list of KIND:RATE (e.g. "
+                             f"[symmetric:0.3]) or human:SET, got {block['noise']!r}")
+    noise = [str(NoiseSpec.parse(n)) for n in noise]
+    seeds = _in_suite(source, check_seeds, block["seeds"], "`seeds`")
+    protocol = _in_suite(source, _protocol, block["protocol"])  # resolved: `expand` resolves it again, unchanged
     if kind == "selection":
-        return {"kind": kind, "datasets": datasets, "noise": noise, "seeds": seeds, "protocol": block["protocol"],
+        return {"kind": kind, "datasets": datasets, "noise": noise, "seeds": seeds, "protocol": protocol,
                 "selection": _normalize_selection(block.get("selection") or {}, source)}
     methods = _as_named(block["methods"], "methods", source)
-    for name, _ in methods:
-        METHODS.get(name)  # raises with suggestions
+    for name, overrides in methods:
+        method_cls = METHODS.get(name)  # raises with suggestions
+        for dataset, _ in datasets:  # the hyperparameters' names and types, as `expand` resolves them
+            _in_suite(source, method_cls.resolve_params, dataset, overrides)
     return {"kind": kind, "datasets": datasets, "methods": methods, "noise": noise, "seeds": seeds,
-            "protocol": block["protocol"]}
+            "protocol": protocol}
+
+
+def _in_suite(source: str, check, *args):
+    """`check(*args)`, its EchobenchError prefixed with the suite it is about."""
+    try:
+        return check(*args)
+    except EchobenchError as exc:
+        raise EchobenchError(f"suite {source}: {exc}") from None
 
 
 def _normalize_selection(sel: Any, source: str) -> dict:
@@ -376,19 +416,15 @@ def _normalize_selection(sel: Any, source: str) -> dict:
         raise EchobenchError(f"suite {source}: `selection.precisions` must be a list of fractions in (0, 1], "
                              f"e.g. [0.96, 0.99], got {precisions!r}")
     params = {k: sel[k] for k in SELECTION_KEYS - {"peers", "precisions"} if k in sel}
-    for key in ("extractor_options", "engine_options"):
-        if not isinstance(params.get(key, {}), dict):
-            raise EchobenchError(f"suite {source}: `selection.{key}` must be a mapping")
+    _in_suite(source, check_fields, EchoAlignParams, params, "`selection`")  # names and types of the fields
+    if params.get("generation_batch_size", 1) < 1:
+        raise EchobenchError(f"suite {source}: `selection.generation_batch_size` must be at least 1")
     if params.get("extractor"):
         EXTRACTORS.get(params["extractor"])
     if params.get("engine"):
         ENGINES.get(params["engine"])
     if params.get("tau") is not None:
         check_tau(params["tau"])
-    for key, typ in (("strict", bool), ("base_seed", int), ("generation_batch_size", int)):
-        if key in params and (not isinstance(params[key], typ) or (typ is int and isinstance(params[key], bool))):
-            raise EchobenchError(f"suite {source}: `selection.{key}` must be {'true or false' if typ is bool else 'an integer'}")
-    EchoAlignParams(**params)  # every key is a field
     return {"peers": peers, "precisions": sorted(float(p) for p in precisions), "params": params}
 
 
@@ -399,15 +435,17 @@ def _positive_ints(value: Any, what: str, source: str) -> list[int]:
     return values
 
 
-def _positive_int(value: Any, what: str, source: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise EchobenchError(f"suite {source}: `{what}` must be a positive integer, got {value!r}")
+def _positive_int(value: Any, what: str, source: str, maximum: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (maximum and value > maximum):
+        raise EchobenchError(f"suite {source}: `{what}` must be a positive integer"
+                             + (f" up to {maximum}" if maximum else "") + f", got {value!r}")
     return value
 
 
 def _normalize_runtime(runtime: Any, source: str) -> dict:
     """A runtime block's `runtime:` mapping → {device type: variant with every key filled in}."""
     from echobench.bench.engines import parse_row
+    from echobench.echoalign.diffusion import MAX_STEPS
     from echobench.echoalign.diffusion_configs import DIFFUSION_CONFIGS
     from echobench.echoalign.echomod import ENGINES
 
@@ -431,15 +469,13 @@ def _normalize_runtime(runtime: Any, source: str) -> dict:
         random_init = variant.get("random_init", True)
         if not isinstance(random_init, bool):
             raise EchobenchError(f"suite {source}: `{where}.random_init` must be true or false")
-        seed = variant.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise EchobenchError(f"suite {source}: `{where}.seed` must be an integer")
+        seed = _in_suite(source, check_seed, variant.get("seed", 0), f"`{where}.seed`")
         out[device_type] = {
             "config": config, "random_init": random_init or config == "tiny",  # tiny is always random weights
             "engines": [str(e) for e in engines],
             "resolutions": _positive_ints(variant.get("resolutions", [DIFFUSION_CONFIGS[config].resolution]), f"{where}.resolutions", source),
             "batch_sizes": _positive_ints(variant.get("batch_sizes", [4]), f"{where}.batch_sizes", source),
-            "steps": _positive_int(variant.get("steps", 20), f"{where}.steps", source),
+            "steps": _positive_int(variant.get("steps", 20), f"{where}.steps", source, MAX_STEPS),
             "repeats": _positive_int(variant.get("repeats", 1), f"{where}.repeats", source),
             "seed": seed,
         }

@@ -14,7 +14,8 @@ from typing import Any
 
 from echobench.data.noise import NoiseSpec
 from echobench.files import atomic_write_text, read_json
-from echobench.harness.store import COMMANDS_DIR, Store
+from echobench.errors import EchobenchError
+from echobench.harness.store import COMMANDS_DIR, Store, experiment_key
 
 from echobench.reporting.table4 import FIGURE_TITLES
 
@@ -23,15 +24,61 @@ KIND_ORDER = ("train", "selection", "runtime")
 
 # --- reading a results directory ----------------------------------------------------------------------
 
-def collect_cells(results_dir: str | Path) -> dict[str, Any]:
-    """Every cell's (run id, config, result) by kind, counts of finished/failed/pending per kind, and the
-    distinct environments that ran them."""
+def read_results(results_dir: str | Path, include_stale: bool = False) -> dict[str, Any]:
+    """The cells of a results directory, validated once for every report: {"suite", "cells": [(Cell,
+    stale)], "stale": [Cell], "damaged": [Cell], "notes": [str]}.
+
+    Stale: a sound cell whose experiment (`store.experiment_key`, the spec without the seed) the
+    directory's current suite (suite.json) does not contain; in "cells" only with `include_stale`.
+    Damaged: a cell whose files fail validation; never in "cells" (the next `run` recomputes it)."""
     store = Store(results_dir)
+    record = store.suite_record()
+    if store.cells.exists() and not store.cells.is_dir():
+        raise EchobenchError(f"{store.cells} is a file, not a folder: echobench keeps the cells there; move it away")
+    if not store.cells.is_dir():
+        raise EchobenchError(f"{results_dir} holds no results (no cells/ folder); run `echobench run --out {results_dir}` first")
+    if record is None:
+        raise EchobenchError(f"{results_dir} is not an echobench results directory (no suite.json); "
+                             f"`echobench run --out {results_dir}` writes one")
+    current = set(record["experiments"]) if record.get("experiments") is not None else None
+    out: dict[str, Any] = {"suite": record["suite"], "cells": [], "stale": [], "damaged": [], "notes": []}
+    for cell in store.scan():
+        if cell.problem is not None:
+            out["damaged"].append(cell)
+            continue
+        if cell.config is None:
+            continue
+        stale = current is not None and experiment_key(cell.kind, cell.config["spec"]) not in current
+        if stale:
+            out["stale"].append(cell)
+        if include_stale or not stale:
+            out["cells"].append((cell, stale))
+    if current is None:
+        schema = "results schema 1, " if record.get("schema", 1) == 1 else ""
+        out["notes"].append(f"suite.json records no experiments ({schema}written before `run` recorded them): cells "
+                            "of an edited suite cannot be told from current ones until the next `echobench run` here.")
+    if out["stale"]:
+        finished = sum(c.finished for c in out["stale"])
+        out["notes"].append(f"{len(out['stale'])} stale cell(s) ({finished} finished): the directory's current suite "
+                            f"no longer contains their experiments; " + (
+                                "tabulated as rows of their own, marked [stale]." if include_stale else
+                                "left out of the tables (`--include-stale` adds them as rows of their own)."))
+    for cell in out["damaged"]:
+        out["notes"].append(f"damaged cell {cell.run_id}: {cell.problem}; left out (the next `echobench run` "
+                            f"moves its files to cells/{cell.run_id}/damaged-<time>/ and computes it again).")
+    return out
+
+
+def collect_cells(results_dir: str | Path, read: dict | None = None) -> dict[str, Any]:
+    """Every cell's (run id, config, result) by kind, counts of finished/failed/pending per kind, and the
+    distinct environments that ran them (of the cells `read_results` keeps)."""
+    read = read or read_results(results_dir)
     by_kind: dict[str, list] = {k: [] for k in KIND_ORDER}
     counts = {k: {"finished": 0, "failed": 0, "pending": 0} for k in KIND_ORDER}
     environments: dict[str, dict] = {}
-    for rid, config, result, error in store.iter_cells():
-        kind = config.get("kind", "train")
+    for cell, _ in read["cells"]:
+        rid, config, result, error = cell.run_id, cell.config, cell.result, cell.error
+        kind = cell.kind
         if kind not in counts:
             continue  # a kind this version does not know: left out, never misread
         if result is None:
@@ -39,7 +86,7 @@ def collect_cells(results_dir: str | Path) -> dict[str, Any]:
             continue
         counts[kind]["finished"] += 1
         by_kind[kind].append((rid, config, result))
-        env = config.get("environment") or {}
+        env = config.get("environment") if isinstance(config.get("environment"), dict) else {}
         key = json.dumps([env.get("git"), env.get("python"), env.get("device"), env.get("packages")], sort_keys=True)
         entry = environments.setdefault(key, {"environment": env, "cells": defaultdict(int)})
         entry["cells"][kind] += 1

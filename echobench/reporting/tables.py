@@ -1,7 +1,11 @@
 """Accuracy tables from a results directory, in the paper's layout.
 
-Rows are methods, columns noise settings, one table per dataset; each entry is the mean ± standard
-deviation over seeds of a test accuracy in percent. The std is the sample standard deviation
+Rows are experiments, columns noise settings, one table per dataset; each entry is the mean ± standard
+deviation over seeds of a test accuracy in percent. An experiment is a cell's spec without its seed
+(and noise, the column): two settings of one method are two rows, labelled with what differs
+(`row_labels`: `apl (alpha=5.0)`), never averaged. Cells of one entry that ran in different
+environments (`PROVENANCE`) are averaged and the entry is marked †. Stale cells (not in the
+directory's current suite) and damaged ones are left out (`index_page.read_results`). The std is the sample standard deviation
 (ddof = 1; 0 for a single seed). As in the paper's tables, per column the best mean is underlined and
 the top three are bold. Which accuracy is tabulated is chosen with `metric`:
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,6 @@ import numpy as np
 from echobench.errors import EchobenchError
 from echobench.data.noise import NoiseSpec
 from echobench.files import atomic_write_text
-from echobench.harness.store import Store
 
 METRICS = {"best_val": "test_acc_best_val", "last": "test_acc_last", "oracle": "test_acc_oracle"}
 METRIC_TITLES = {"best_val": "test accuracy at the best noisy-validation epoch",
@@ -41,6 +44,8 @@ METRIC_TITLES = {"best_val": "test accuracy at the best noisy-validation epoch",
 class Entry:
     values: list[float]  # one per seed, in percent
     seeds: list[int]
+    run_ids: list[str] = field(default_factory=list)
+    provenance: list[dict] = field(default_factory=list)  # per cell: `provenance(config)`
 
     @property
     def mean(self) -> float:
@@ -50,13 +55,19 @@ class Entry:
     def std(self) -> float:
         return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
 
+    @property
+    def provenance_differs(self) -> list[str]:
+        """The provenance fields in which this entry's cells differ (empty: one environment)."""
+        return [k for k in PROVENANCE if len({json.dumps(p.get(k), sort_keys=True) for p in self.provenance}) > 1]
+
 
 @dataclass
 class Table:
     dataset: str
-    methods: list[str]
+    methods: list[str]  # row labels: the method, plus what tells its settings apart (`row_labels`)
     noises: list[str]  # canonical noise strings, in column order
-    entries: dict[tuple[str, str], Entry]  # (method, noise) → entry
+    entries: dict[tuple[str, str], Entry]  # (row label, noise) → entry
+    rows: dict[str, dict] = field(default_factory=dict)  # row label → {"method", "experiment", "stale"}
 
     def ranks(self) -> dict[tuple[str, str], int]:
         """1 = best mean in its column; ties share the better rank."""
@@ -69,35 +80,100 @@ class Table:
         return out
 
 
-def collect(results_dir: str | Path, metric: str = "best_val") -> tuple[list[Table], dict[str, Any]]:
-    """Tables from every finished cell under `results_dir`, plus counts of finished/failed cells."""
+# Provenance: how and where a cell ran. Cells of one experiment that differ only in these are averaged
+# as seeds, and the entry is marked (†). Identity (what makes a row) is the spec without the seed.
+PROVENANCE = ("git", "packages", "python", "device", "threads", "host")
+ROW_PATH_NAMES = (("method_params.", ""), ("dataset_options.", "dataset."))  # how a setting is named in a label
+
+
+def provenance(config: dict) -> dict[str, Any]:
+    env = config.get("environment") if isinstance(config.get("environment"), dict) else {}
+    device = env.get("device") if isinstance(env.get("device"), dict) else {}
+    return {"git": env.get("git"), "packages": env.get("packages"), "python": env.get("python"),
+            "device": device.get("name"), "threads": device.get("threads"), "host": env.get("host")}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _setting_name(path: str) -> str:
+    for prefix, shown in ROW_PATH_NAMES:
+        if path.startswith(prefix):
+            return shown + path[len(prefix):]
+    return path
+
+
+def row_labels(rows: dict[str, dict]) -> dict[str, str]:
+    """Row key → label: the method name, and for a method with several settings in one table the
+    settings that differ between them (`apl (alpha=5.0)`); a stale row ends in ` [stale]`."""
+    by_method: dict[str, list[str]] = {}
+    for key, row in rows.items():
+        by_method.setdefault(row["method"], []).append(key)
+    labels = {}
+    for method, keys in by_method.items():
+        flats = {k: _flat({p: v for p, v in rows[k]["experiment"].items() if p != "method"}) for k in keys}
+        paths = sorted({p for f in flats.values() for p in f})
+        differing = [p for p in paths if len({json.dumps(f[p], sort_keys=True, default=str) if p in f else None
+                                              for f in flats.values()}) > 1]
+        for k in keys:
+            shown = ", ".join(f"{_setting_name(p)}={_value_text(flats[k].get(p, '—'))}" for p in differing)
+            labels[k] = method + (f" ({shown})" if shown else "") + (" [stale]" if rows[k]["stale"] else "")
+    return labels
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def collect(results_dir: str | Path, metric: str = "best_val", include_stale: bool = False,
+            read: dict | None = None) -> tuple[list[Table], dict[str, Any]]:
+    """Tables from every finished training cell under `results_dir`, plus counts of finished/failed cells.
+
+    One row per experiment (the cell's spec without seed and noise, the noise being the column); cells
+    the directory's current suite no longer contains (stale) are left out unless `include_stale`, then
+    as rows of their own; damaged cells are left out and listed (`read_results`)."""
+    from echobench.reporting.index_page import read_results
+
     if metric not in METRICS:
         raise EchobenchError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-    store = Store(results_dir)
-    if not store.cells.is_dir():
-        raise EchobenchError(f"{results_dir} holds no results (no cells/ folder); run `echobench run --out {results_dir}` first")
+    read = read or read_results(results_dir, include_stale)
     values: dict[tuple[str, str, str], Entry] = {}
-    info = {"suite": store.owner(), "finished": 0, "failed": 0, "pending": 0, "environments": {}}
-    for rid, config, result, error in store.iter_cells():
-        if config.get("kind", "train") != "train":
+    rows: dict[str, dict[str, dict]] = {}  # dataset → row key → row
+    info = {"suite": read["suite"], "finished": 0, "failed": 0, "pending": 0, "environments": {}}
+    for cell, stale in read["cells"]:
+        config, result = cell.config, cell.result
+        if cell.kind != "train":
             continue  # selection and runtime cells: reporting.table4 and reporting.runtime_tables
         spec = config["spec"]
         if result is None:
-            info["failed" if error else "pending"] += 1
+            info["failed" if cell.error else "pending"] += 1
             continue
         info["finished"] += 1
-        env = config.get("environment", {})
-        info["environments"][env.get("git", "unknown") + " | " + env.get("device", {}).get("name", "?")] = env
-        key = (spec["dataset"], spec["method"], spec["noise"])
-        entry = values.setdefault(key, Entry([], []))
+        env = config.get("environment") if isinstance(config.get("environment"), dict) else {}
+        device = env.get("device") if isinstance(env.get("device"), dict) else {}
+        info["environments"][str(env.get("git", "unknown")) + " | " + str(device.get("name", "?"))] = env
+        experiment = {k: v for k, v in spec.items() if k not in ("seed", "noise", "dataset")}
+        key = json.dumps({"experiment": experiment, "stale": stale}, sort_keys=True, default=str)
+        rows.setdefault(spec["dataset"], {})[key] = {"method": spec["method"], "experiment": experiment, "stale": stale}
+        entry = values.setdefault((spec["dataset"], key, spec["noise"]), Entry([], []))
         entry.values.append(100.0 * result["metrics"][METRICS[metric]])
         entry.seeds.append(spec["seed"])
+        entry.run_ids.append(cell.run_id)
+        entry.provenance.append(provenance(config))
     tables = []
-    for dataset in sorted({k[0] for k in values}):
+    for dataset in sorted(rows):
+        labels = row_labels(rows[dataset])
         keys = [k for k in values if k[0] == dataset]
-        methods = list(dict.fromkeys(sorted(k[1] for k in keys)))
         noises = sorted({k[2] for k in keys}, key=lambda n: NoiseSpec.parse(n).sort_key())
-        tables.append(Table(dataset, methods, noises, {(k[1], k[2]): values[k] for k in keys}))
+        tables.append(Table(dataset, sorted(labels.values()), noises, {(labels[k[1]], k[2]): values[k] for k in keys},
+                            {labels[k]: row for k, row in rows[dataset].items()}))
     return tables, info
 
 
@@ -114,10 +190,26 @@ def _cell_text(entry: Entry | None, rank: int | None, style: str) -> str:
     return f"<u>{text}</u>" if rank == 1 else text
 
 
+def _marked(text: str, entry: Entry | None, style: str) -> str:
+    """† after an entry whose seeds ran in different environments (provenance)."""
+    if entry is None or not entry.provenance_differs:
+        return text
+    return text + (" $\\dagger$" if style == "latex" else " †")
+
+
+def _provenance_note(table: Table) -> str:
+    differing = sorted({k for e in table.entries.values() for k in e.provenance_differs})
+    if not differing:
+        return ""
+    return (f"† the seeds of this entry ran in different environments ({', '.join(differing)} differ): averaged "
+            f"as seeds, since provenance is not identity; report.json lists each entry's run ids.\n")
+
+
 def _rows(table: Table, style: str) -> tuple[list[str], list[list[str]]]:
     ranks = table.ranks()
     headers = ["method"] + [NoiseSpec.parse(n).label() for n in table.noises]
-    rows = [[m] + [_cell_text(table.entries.get((m, n)), ranks.get((m, n)), style) for n in table.noises] for m in table.methods]
+    rows = [[m] + [_marked(_cell_text(table.entries.get((m, n)), ranks.get((m, n)), style), table.entries.get((m, n)), style)
+                   for n in table.noises] for m in table.methods]
     return headers, rows
 
 
@@ -130,6 +222,8 @@ def to_markdown(tables: list[Table], metric: str) -> str:
         seeds = sorted({len(e.values) for e in t.entries.values()})
         parts.append(f"### {t.dataset}: {METRIC_TITLES[metric]}, mean ± std over {'/'.join(map(str, seeds))} seed(s), %\n")
         parts.append(tabulate(rows, headers, tablefmt="pipe", stralign="center") + "\n")
+        if _provenance_note(t):
+            parts.append(_provenance_note(t))
     parts.append("Per column: best <u>underlined</u>, top three **bold**.\n")
     return "\n".join(parts)
 
@@ -150,14 +244,18 @@ def to_records(tables: list[Table], metric: str) -> list[dict[str, Any]]:
     for t in tables:
         ranks = t.ranks()
         for (m, n), e in sorted(t.entries.items()):
-            out.append({"dataset": t.dataset, "method": m, "noise": n, "metric": metric, "mean": round(e.mean, 4),
-                        "std": round(e.std, 4), "n_seeds": len(e.values), "seeds": e.seeds,
-                        "values": [round(v, 4) for v in e.values], "rank": ranks[(m, n)]})
+            row = t.rows.get(m, {"method": m, "experiment": {}, "stale": False})
+            out.append({"dataset": t.dataset, "method": row["method"], "row": m, "noise": n, "metric": metric,
+                        "mean": round(e.mean, 4), "std": round(e.std, 4), "n_seeds": len(e.values), "seeds": e.seeds,
+                        "values": [round(v, 4) for v in e.values], "rank": ranks[(m, n)], "run_ids": e.run_ids,
+                        "provenance_differs": e.provenance_differs, "stale": row["stale"],
+                        "experiment": row["experiment"]})
     return out
 
 
 def to_csv(tables: list[Table], metric: str) -> str:
-    records = to_records(tables, metric)
+    """One line per entry; the `method` column holds the row label (`apl (alpha=5.0)`), as the tables do."""
+    records = [{**r, "method": r["row"]} for r in to_records(tables, metric)]
     buf = io.StringIO()
     fields = ["dataset", "method", "noise", "metric", "mean", "std", "n_seeds", "rank"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -178,10 +276,11 @@ def paper_comparison(tables: list[Table]) -> list[dict[str, Any]]:
     out = []
     for t in tables:
         for (m, n), e in sorted(t.entries.items()):
+            method = t.rows.get(m, {"method": m})["method"]
             for table in PAPER_TABLES:
-                value = paper_value(table, t.dataset, n, m)
+                value = paper_value(table, t.dataset, n, method)
                 if value is not None:
-                    out.append({"dataset": t.dataset, "method": m, "noise": n, "paper_table": table,
+                    out.append({"dataset": t.dataset, "method": method, "row": m, "noise": n, "paper_table": table,
                                 "ours_mean": round(e.mean, 2), "ours_std": round(e.std, 2), "n_seeds": len(e.values),
                                 "paper_mean": value[0], "paper_std": value[1], "difference": round(e.mean - value[0], 2)})
                     break
@@ -192,7 +291,7 @@ def paper_markdown(tables: list[Table], comparison: list[dict[str, Any]]) -> str
     """Our tables again with the paper's number and the difference in each entry the paper reports."""
     from tabulate import tabulate
 
-    by_key = {(c["dataset"], c["method"], c["noise"]): c for c in comparison}
+    by_key = {(c["dataset"], c["row"], c["noise"]): c for c in comparison}
     parts = ["## Beside the paper\n",
              "Each entry: ours (mean ± std) / the paper's (mean ± std) / ours − paper, in percentage points.\n"]
     for t in tables:
@@ -216,28 +315,47 @@ def paper_markdown(tables: list[Table], comparison: list[dict[str, Any]]) -> str
     return "\n".join(parts)
 
 
-def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str, Any]:
+def write_reports(results_dir: str | Path, metric: str = "best_val", include_stale: bool = False) -> dict[str, Any]:
     """Write the report of a results directory and return its JSON document (with "markdown").
 
     Training cells: report.{md,tex,csv} (Tables 1–3 layout, the paper's numbers beside ours where it
     has them); selection cells: Table 4 in report.md; runtime cells: runtime.{md,json}; always
-    report.json and index.md, the page that links everything. "written" lists the files written."""
-    from echobench.reporting.index_page import collect_cells, commands, write_index
-    from echobench.reporting.runtime_tables import runtime_document, runtime_markdown
-    from echobench.reporting.table4 import table4_document, table4_markdown
+    report.json and index.md, the page that links everything. "written" lists the files written:
+    the report writes these names into the results directory and nothing else. Stale cells (not in the
+    directory's current suite) are left out unless `include_stale`; damaged cells are left out; both
+    are listed in "stale", "damaged" and the report's notes."""
+    from echobench.harness.store import writing
+    from echobench.reporting.index_page import collect_cells, read_results
 
-    tables, info = collect(results_dir, metric)
-    kinds = collect_cells(results_dir)
+    read = read_results(results_dir, include_stale)
+    tables, info = collect(results_dir, metric, read=read)
+    kinds = collect_cells(results_dir, read=read)
     counts = kinds["counts"]
     if not tables and not kinds["cells"]["selection"] and not kinds["cells"]["runtime"]:
         failed = sum(c["failed"] for c in counts.values())
         pending = sum(c["pending"] for c in counts.values())
-        raise EchobenchError(f"{results_dir} has no finished cells to report ({failed} failed, {pending} pending)")
+        left_out = "".join(f", {len(read[k])} {k}" for k in ("stale", "damaged") if read[k])
+        hint = "; --include-stale tabulates the stale ones" if read["stale"] and not include_stale else ""
+        raise EchobenchError(f"{results_dir} has no finished cells to report ({failed} failed, {pending} pending"
+                             f"{left_out}){hint}")
     root = Path(results_dir)
     doc = {"suite": info["suite"], "metric": metric, "metric_title": METRIC_TITLES[metric],
            "cells": {k: sum(c[k] for c in counts.values()) for k in ("finished", "failed", "pending")},
            "cells_per_kind": counts, "results": to_records(tables, metric),
-           "environments": list(info["environments"].values())}
+           "environments": list(info["environments"].values()),
+           "stale": [{"run_id": c.run_id, "kind": c.kind, "included": include_stale} for c in read["stale"]],
+           "damaged": [{"run_id": c.run_id, "problem": c.problem} for c in read["damaged"]],
+           "notes": read["notes"]}
+    with writing(f"the report into {root}"):
+        return _write_report_files(root, doc, tables, kinds, info, metric, counts)
+
+
+def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict, info: dict, metric: str,
+                        counts: dict) -> dict[str, Any]:
+    from echobench.reporting.index_page import commands, write_index
+    from echobench.reporting.runtime_tables import runtime_document, runtime_markdown
+    from echobench.reporting.table4 import table4_document, table4_markdown
+
     parts, reports, holds = [], [("report.md", "")], []
     if tables:
         parts.append(to_markdown(tables, metric))
@@ -268,6 +386,8 @@ def write_reports(results_dir: str | Path, metric: str = "best_val") -> dict[str
                      f"{len(runtime['rows'])} measured rows from {len(kinds['cells']['runtime'])} runtime cell(s): "
                      "see [runtime.md](runtime.md) (the paper's Tables 6 and 7 beside ours, the compute model, "
                      "projections).\n")
+    if doc["notes"]:
+        parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in doc["notes"]) + "\n")
     markdown = "\n".join(parts)
     reports[0] = ("report.md", "; ".join(holds))
     reports.append(("report.json", ""))

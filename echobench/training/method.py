@@ -6,7 +6,8 @@ methods are one network trained with a different loss: subclass `SingleNetworkMe
 `loss()`. Multi-stage or two-network methods override `fit()` and use the Task's building blocks.
 
 Each method has a `Params` dataclass of hyperparameters; `default_params(dataset)` gives the
-per-dataset defaults from its official source, and suite files may override fields.
+per-dataset defaults from its official source, and suite files may override fields: by name and
+with a value of the field's annotated type (`echobench.checks.check_fields`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from echobench.errors import EchobenchError
+from echobench.checks import check_fields
 from echobench.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -99,13 +100,12 @@ class Method(abc.ABC):
 
     @classmethod
     def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None) -> Any:
+        """The dataset's defaults with `overrides` applied; EchobenchError for a name that is not a
+        field of `Params` or a value not of the field's type (`alpha: "abc"`, `official_threshold: "no"`)."""
         base = cls.default_params(dataset)
         if not overrides:
             return base
-        known = {f.name for f in dataclasses.fields(base)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise EchobenchError(f"method {cls.name!r} has no hyperparameter(s) {unknown}; known: {sorted(known) or 'none'}")
+        check_fields(type(base), overrides, f"method {cls.name!r}")
         return dataclasses.replace(base, **overrides)
 
     @abc.abstractmethod

@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from echobench.checks import check_fields
 from echobench.errors import EchobenchError
-from echobench.registry import Registry
+from echobench.registry import Registry, unknown_name_error
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,24 @@ class Protocol:
         return "resnet18" if num_classes <= 10 else "resnet34"
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Protocol":
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise EchobenchError(f"unknown protocol field(s) {unknown}; known: {sorted(fields)}")
+        """This protocol with `overrides` (field → value) applied: names and types checked against the
+        fields' annotations (`echobench.checks`), then the values (`validate`)."""
+        check_fields(Protocol, overrides, f"protocol {self.name!r}")
         clean = {k: tuple(v) if k == "milestones" else v for k, v in overrides.items()}
         updated = dataclasses.replace(self, **clean)
         updated.validate()
         return updated
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise EchobenchError(f"protocol {self.name!r}: epochs, batch_size and lr must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.lr <= 0:
+            raise EchobenchError(f"protocol {self.name!r}: epochs, batch_size, eval_batch_size and lr must be positive")
+        if not 0 < self.val_fraction < 1 or self.crop_padding < 0 or min(self.momentum, self.weight_decay, self.gamma) < 0:
+            raise EchobenchError(f"protocol {self.name!r}: val_fraction must be in (0, 1) and crop_padding, momentum, "
+                                 f"weight_decay and gamma must not be negative")
+        from echobench.training.networks import NETWORKS
+
+        if self.model != "auto" and self.model not in NETWORKS:
+            raise unknown_name_error("model", self.model, ["auto", *NETWORKS.names()])
         if self.optimizer not in ("sgd", "adam"):
             raise EchobenchError(f"protocol {self.name!r}: optimizer must be sgd or adam, got {self.optimizer!r}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):

@@ -10,18 +10,24 @@ engine (GPU only by default).
 
 Two more options follow the diffusers "Accelerate inference of text-to-image diffusion models"
 tutorial; both leave the math unchanged (only kernel choice and rounding differ):
-- `vae`: also compile the VAE decode (padded to the full batch, without CUDA graphs: it runs once per
+- `compile_vae`: also compile the VAE decode (padded to the full batch, without CUDA graphs: it runs once per
   batch). "auto" (None) turns it on on a GPU, where it was measured faster, and off on a CPU, where
   inductor's C++ compile of the decoder costs more than it saves on small runs;
 - `inductor_flags`: "default", or "diffusers" = the tutorial's inductor settings (`conv_1x1_as_mm`,
   `coordinate_descent_tuning`, `coordinate_descent_check_all_directions` on, `epilogue_fusion` off),
-  applied only while this engine compiles. Coordinate-descent tuning benchmarks each kernel's launch
+  passed to this engine's `torch.compile(options=...)`, so that they are part of what dynamo compares
+  before it reuses a graph (see `engine.py`). Coordinate-descent tuning benchmarks each kernel's launch
   parameters, so compiling takes longer. Off by default: it was not faster.
 
 A third, `fuse_qkv` (the tutorial's fused attention projections, `echobench.engines.base.fuse_qkv_projections`),
 is off by default: it has not been timed on a GPU yet.
 
 The measurements behind these defaults: reports/gpu/README.md, section 2.
+
+`compile_vae` was called `vae` until issue 19: `vae` is `DiffusionConfig`'s tiny-decoder model id (an
+approximate setting), and one option namespace cannot give one name two meanings. The rename changed
+the engine's part of the cache key of runs that compiled the VAE (`"vae": true` → `"compile_vae": true`;
+README, "Cache keys").
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class CompileConfig(EngineSettings):
     mode: str = "auto"
     fullgraph: bool = True
     channels_last: bool | None = None
-    vae: bool | None = None
+    compile_vae: bool | None = None
     inductor_flags: str = "default"
     fuse_qkv: bool = False
 
@@ -81,15 +87,30 @@ class CompileConfig(EngineSettings):
                                  f"(device is {device!r}); use mode=default or auto")
         channels_last = gpu if self.channels_last is None else bool(self.channels_last)
         return CompileConfig(backend=self.backend, mode=mode, fullgraph=self.fullgraph, channels_last=channels_last,
-                             vae=gpu if self.vae is None else bool(self.vae), inductor_flags=self.inductor_flags,
+                             compile_vae=gpu if self.compile_vae is None else bool(self.compile_vae),
+                             inductor_flags=self.inductor_flags,
                              fuse_qkv=bool(self.fuse_qkv))
 
     @property
     def cuda_graphs(self) -> bool:
         return self.mode in CUDA_GRAPH_MODES
 
+    def compile_options(self, step: bool = True) -> dict[str, Any] | None:
+        """What this engine passes to `torch.compile(options=...)` (inductor only; None otherwise): the
+        mode's inductor settings (`torch._inductor.list_mode_options`, which is what `mode=` expands
+        to; `torch.compile` takes one of mode and options) and the inductor flags. `step=False`: the
+        VAE decode's, which runs once per batch: no CUDA graphs. Imports torch."""
+        if self.backend != "inductor":
+            return None
+        from torch._inductor import list_mode_options
+
+        options = dict(list_mode_options(self.mode)) if step else {}
+        options.update(INDUCTOR_FLAGS[self.inductor_flags])
+        return options
+
     def engine_config(self, device: str) -> dict[str, Any]:
-        extra: dict[str, Any] = {"vae": True} if self.vae else {}  # only when set: older cache keys stay valid
+        # Only when set: older cache keys stay valid.
+        extra: dict[str, Any] = {"compile_vae": True} if self.compile_vae else {}
         if self.inductor_flags != "default":
             extra["inductor_flags"] = self.inductor_flags
         if self.fuse_qkv:

@@ -12,14 +12,38 @@ output. Rows never interact, so the padding changes no real row; the compile hap
 on example inputs of that shape (several calls for CUDA graphs, which are recorded after a warm-up).
 Compiling takes a while, most with inductor on an empty inductor cache (measured build times:
 reports/bench/README.md, "EchoMod engines").
+
+Every engine compiles its own graphs, with its own settings (issue 19). Dynamo keeps compiled graphs
+per *code object* and reuses one whenever its guards pass and the backend compares equal; inductor's
+backend compares only the `mode`/`options` given to `torch.compile`, and `torch.compile(module)`
+enters through `nn.Module.__call__`, a code object every compiled module in the process shares. So a
+second engine on the same modules used to run the first one's graphs, flags applied with
+`config.patch` were silently ignored, and eight engines exhausted dynamo's recompile limit. Here:
+
+- the step and the decode are compiled as functions with a code object (and globals, where dynamo
+  installs the compiled graphs) private to this engine (`private_function`): no other engine can
+  find its graphs, and they are freed with it;
+- inductor's settings go through `torch.compile(options=...)` (`CompileConfig.compile_options`),
+  so they are applied to exactly this engine's compilation;
+- `close()` drops the functions (and so the graphs and the dynamo cache entries on their code
+  objects), frees the CUDA graph trees when the engine recorded any, and returns cached CUDA memory,
+  so the out-of-memory retry that rebuilds the engine at a smaller batch really gets memory back.
+
+`build_info` says what was built: `graphs` (dynamo cache entries of this engine's code objects, i.e.
+graphs compiled for this engine), `compile_seconds` (the warm-up calls that compile them), the
+inductor options, and inductor's FX-graph-cache hits and misses during the build (a hit reuses
+generated code from the on-disk cache, for an identical graph with identical settings: a shorter
+but honest compile time).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import time
-from typing import Any
+import types
+from typing import Any, Callable
 
 import torch
 
@@ -27,7 +51,7 @@ from echobench.errors import EchobenchError
 from echobench.engines.base import Components, DenoiserEngine, fuse_qkv_projections
 from echobench.engines.fused import FusedControlNetUNet, example_inputs, pad_rows, step_inputs
 from echobench.engines.step_shapes import BATCHED_INPUTS, INPUT_NAMES, StepShapes, check_rows, require_shapes
-from echobench.engines.compile.config import INDUCTOR_FLAGS, CompileConfig
+from echobench.engines.compile.config import CompileConfig
 
 CUDA_GRAPH_WARMUP_CALLS = 3  # cudagraph trees run eagerly once, then record, then replay
 
@@ -45,6 +69,8 @@ class CompileEngine(DenoiserEngine):
         self.device = torch.device(device)
         self.compiled = None
         self.compiled_decode = None
+        self._step: Callable | None = None
+        self._decode: Callable | None = None
         self.build_info: dict[str, Any] = {}
 
     def load(self, components: Components) -> None:
@@ -58,26 +84,33 @@ class CompileEngine(DenoiserEngine):
             fuse_qkv_projections(components)
         self.components = components
         fused = FusedControlNetUNet(components.controlnet, components.unet).eval()
-        options = {"mode": s.mode} if s.backend == "inductor" else {}
-        self.compiled = torch.compile(fused, backend=s.backend, fullgraph=s.fullgraph, dynamic=False, **options)
-        if s.vae:  # once per batch: no CUDA graphs, inductor's default mode
-            vae = components.vae
-            self.compiled_decode = torch.compile(lambda z: vae.decode(z, return_dict=False)[0], backend=s.backend,
-                                                 fullgraph=s.fullgraph, dynamic=False)
+        self._step = private_function(_step_of(fused))
+        self.compiled = torch.compile(self._step, backend=s.backend, fullgraph=s.fullgraph, dynamic=False,
+                                      options=s.compile_options(step=True))
+        if s.compile_vae:  # once per batch: no CUDA graphs
+            self._decode = private_function(_decode_of(components.vae))
+            self.compiled_decode = torch.compile(self._decode, backend=s.backend, fullgraph=s.fullgraph,
+                                                 dynamic=False, options=s.compile_options(step=False))
         calls = CUDA_GRAPH_WARMUP_CALLS if s.cuda_graphs else 1
+        before = _fx_cache_counters()
         start = time.perf_counter()
-        # Inductor reads its config when it compiles, i.e. during the first calls: the flags apply to
-        # this engine's graphs only.
-        with torch.inference_mode(), inductor_config(s.inductor_flags):  # dynamo guards on grad mode
+        with torch.inference_mode():  # dynamo guards on grad mode
             inputs = example_inputs(self.shapes, self.shapes.max_rows, components.unet.device, components.unet.dtype)
             for _ in range(calls):
                 self._run(inputs)
-            if s.vae:
+            if s.compile_vae:
                 self.decode(inputs["sample"][: self.shapes.batch_size])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        after = _fx_cache_counters()
         self.build_info = {"compile_seconds": round(time.perf_counter() - start, 3), "warmup_calls": calls,
-                           "rows": self.shapes.max_rows}
+                           "rows": self.shapes.max_rows, "graphs": self.graphs(),
+                           "inductor_options": s.compile_options(step=True),
+                           "fx_graph_cache_hits": after[0] - before[0], "fx_graph_cache_misses": after[1] - before[1]}
+
+    def graphs(self) -> int:
+        """Graphs compiled for this engine: dynamo's cache entries on its private code objects."""
+        return sum(cache_entries(f) for f in (self._step, self._decode) if f is not None)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.settings.cuda_graphs:
@@ -115,21 +148,74 @@ class CompileEngine(DenoiserEngine):
         return self.settings.engine_config(str(self.device))
 
     def close(self) -> None:
-        self.compiled = None
-        self.compiled_decode = None
+        """Drop the compiled graphs (with the private code objects that hold dynamo's cache entries
+        and the globals that hold the compiled functions), the CUDA graphs this engine recorded, and
+        the CUDA memory cached for them."""
+        cuda_graphs = self.settings.cuda_graphs and self.compiled is not None
+        for function in (self._step, self._decode):
+            if function is not None:
+                forget_graphs(function)
+        self.compiled = self.compiled_decode = None
+        self._step = self._decode = None
         super().close()
+        if cuda_graphs:
+            # The cudagraph trees (and their memory pool) are per device and process; an engine that
+            # recorded graphs is the only one on its device in EchoMod and in `bench engines`.
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
-def inductor_config(flags: str):
-    """A context that sets the inductor flags named `flags` (`INDUCTOR_FLAGS`) and restores them."""
-    import contextlib
+def _step_of(fused: torch.nn.Module) -> Callable:
+    def step(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale):
+        return fused(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale)
 
-    values = INDUCTOR_FLAGS[flags]
-    if not values:
-        return contextlib.nullcontext()
-    import torch._inductor.config as config
+    return step
 
-    return config.patch(values)
+
+def _decode_of(vae: torch.nn.Module) -> Callable:
+    def decode(latents):
+        return vae.decode(latents, return_dict=False)[0]
+
+    return decode
+
+
+def private_function(function: Callable) -> Callable:
+    """`function` with a code object and a globals dict of its own.
+
+    Dynamo attaches its compiled graphs (cache entries) to the code object, and installs the compiled
+    functions as globals of the frame's module; a function made by a closure shares its code object
+    with every other closure made by the same `def`. A private copy of both gives each engine a cache
+    of its own, found by no other engine and freed (cache entries, and through them the compiled
+    functions in the private globals) when the engine drops the function."""
+    return types.FunctionType(function.__code__.replace(), dict(function.__globals__), function.__name__,
+                              function.__defaults__, function.__closure__)
+
+
+def cache_entries(function: Callable) -> int:
+    """How many compiled graphs dynamo holds for `function`'s code object."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(function.__code__))
+
+
+def forget_graphs(function: Callable) -> None:
+    """Drop dynamo's cache entries of `function`'s code object. Dropping the function is not enough:
+    dynamo maps each compiled (output) code object back to its original one (`orig_code_map`), and the
+    original's cache entries hold the output code, a cycle through C++ state that the garbage
+    collector cannot see, so the graphs would live as long as the process."""
+    from torch._C._dynamo.eval_frame import reset_code
+
+    reset_code(function.__code__)
+
+
+def _fx_cache_counters() -> tuple[int, int]:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fxgraph_cache_hit"]), int(counters["inductor"]["fxgraph_cache_miss"])
 
 
 def _require_cpp_compiler() -> None:

@@ -12,13 +12,27 @@ that the engines are compared on the same number of cores. `exporter`/`opset`: h
 exported (see `echobench.engines.export`). `cache_dir`: where graphs and TensorRT engine/timing caches go
 (default: `echobench.engines.export.engine_cache_root()`).
 
-`providers(device, available)` decides which providers a session gets from the ones an onnxruntime
-has (pure logic, testable without a GPU); the first of them is the provider in the engine's part of
-EchoMod's cache key, known before anything is built (`engine_config`).
+`providers(device, available, tensorrt_libraries)` decides which providers a session gets from the
+ones an onnxruntime has and whether TensorRT's libraries can be loaded (pure logic, testable without a
+GPU); the first of them is the provider in the engine's part of EchoMod's cache key, known before
+anything is built (`engine_config`), and the one the engine's session must run (issue 19).
+
+Why the libraries: onnxruntime-gpu lists the TensorRT provider whenever it was built with it, but the
+provider needs TensorRT's own libraries (libnvinfer) at session creation; without them onnxruntime's
+Python wrapper prints an "EP Error", falls back to CUDA and drops every provider option (the CUDA
+provider's `device_id` included). The key used to say "tensorrt" before the engine loaded and "cuda"
+after, so a run looked its pairs up under one key and stored them under the other, and every later
+run reloaded SD 1.5. Now "auto" skips TensorRT when its libraries cannot be loaded
+(`tensorrt_libraries`), the session is created with onnxruntime's fallback off and every provider's
+options given explicitly, and a session that does not run the resolved provider is an error rather
+than a silent change of provider (`OnnxRuntimeEngine.load`).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -61,11 +75,21 @@ class OnnxRuntimeConfig(EngineSettings):
             return [self.provider]
         return ["tensorrt", "cuda", "cpu"] if is_gpu(device) else ["cpu"]
 
-    def providers(self, device: str, available: Iterable[str]) -> list[str]:
+    def providers(self, device: str, available: Iterable[str], tensorrt_libraries: bool = True) -> list[str]:
         """The providers (short names) to hand onnxruntime, best first, given the `available` ones
-        (`onnxruntime.get_available_providers()`); EchobenchErrors for a provider that is asked for
-        and missing, a GPU provider on a CPU device, and a GPU device with no GPU provider."""
+        (`onnxruntime.get_available_providers()`) and whether TensorRT's libraries can be loaded
+        (`tensorrt_libraries()`): "auto" skips TensorRT without them. EchobenchErrors for a provider
+        that is asked for and missing (TensorRT without its libraries included), a GPU provider on a
+        CPU device, and a GPU device with no GPU provider."""
         available = set(available)
+        if not tensorrt_libraries:
+            if self.provider == "tensorrt" and PROVIDERS["tensorrt"] in available:
+                raise EchobenchError(
+                    "onnxruntime engine: this onnxruntime has the TensorRT execution provider, but TensorRT's "
+                    f"libraries (libnvinfer) cannot be loaded ({TENSORRT_LIBRARY_HINT}); onnxruntime would "
+                    "silently run the CUDA provider instead. Install them (pip install 'echobench[tensorrt]') "
+                    "or use provider=cuda")
+            available.discard(PROVIDERS["tensorrt"])
         wanted = self.provider_preference(device)
         usable = [p for p in wanted if PROVIDERS[p] in available]
         if self.provider != "auto" and not usable:
@@ -88,11 +112,44 @@ class OnnxRuntimeConfig(EngineSettings):
             usable.append("cpu")
         return usable
 
+    def resolved_providers(self, device: str) -> list[str]:
+        """`providers` for this machine: onnxruntime's available providers and TensorRT's libraries."""
+        available = import_onnxruntime().get_available_providers()
+        libraries = tensorrt_libraries() if PROVIDERS["tensorrt"] in available and is_gpu(device) else False
+        return self.providers(device, available, libraries)
+
     def engine_config(self, device: str) -> dict[str, Any]:
-        """The provider is the one the session will be asked for first (onnxruntime falls back only
-        when a provider fails to start; the engine reports the one that runs once it is loaded)."""
-        provider = self.providers(device, import_onnxruntime().get_available_providers())[0]
+        """The provider is the one the session runs: resolved before anything is loaded, from what
+        this machine has (`resolved_providers`), and checked when the session starts."""
+        provider = self.resolved_providers(device)[0]
         return {"name": self.name, "provider": provider, "exporter": self.exporter, "opset": self.opset}
+
+
+TENSORRT_LIBRARY_HINT = "looked for libnvinfer.so.10/.so.8 on the loader's path and in the tensorrt_libs package"
+
+
+@functools.lru_cache(maxsize=None)
+def tensorrt_libraries() -> bool:
+    """Whether TensorRT's runtime library can be loaded, as onnxruntime's TensorRT provider loads it
+    (dlopen of libnvinfer.so.<major>, or nvinfer_<major>.dll): from the loader's path, or from the
+    `tensorrt_libs` package that the tensorrt wheels install (onnxruntime ≥ 1.21 preloads from it)."""
+    import ctypes
+    import importlib.util
+
+    names = (["nvinfer_10.dll", "nvinfer.dll"] if sys.platform == "win32"
+             else ["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"])
+    folders = [""]
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is not None and spec.submodule_search_locations:
+        folders += list(spec.submodule_search_locations)
+    for folder in folders:
+        for name in names:
+            try:
+                ctypes.CDLL(os.path.join(folder, name) if folder else name)
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def import_onnxruntime():

@@ -20,7 +20,6 @@ Providers (onnxruntime's execution provider documentation):
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -86,24 +85,41 @@ class OnnxRuntimeEngine(DenoiserEngine):
         options.log_severity_level = 3  # errors only: the exported graph triggers harmless notes
         dtype = components.unet.dtype
         start = time.perf_counter()
-        self.session = ort.InferenceSession(
-            str(graph.path), options, providers=[(PROVIDERS[p], self._provider_options(p, graph.key, dtype))
-                                                 for p in providers])
+        wanted = [(PROVIDERS[p], self._provider_options(p, graph.key, dtype)) for p in providers]
+        try:
+            # enable_fallback=0: onnxruntime's wrapper would retry a failed provider with the next one
+            # and no provider options at all (no device_id); here every provider's options are given.
+            self.session = ort.InferenceSession(str(graph.path), options, providers=wanted, enable_fallback=0)
+        except (RuntimeError, ValueError) as error:
+            raise self._not_started(providers, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
         session_seconds = time.perf_counter() - start
         self.provider = _short_name(self.session.get_providers()[0])
         if self.provider != providers[0]:
-            warnings.warn(f"onnxruntime could not start the {providers[0]} execution provider and runs the "
-                          f"{self.provider} one instead", stacklevel=2)
+            started = self.provider
+            self.session = None
+            raise self._not_started(providers, f"the session runs the {started} provider")
         self._inputs = {i.name: ONNX_TYPES[i.type] for i in self.session.get_inputs()}
         self._output_dtype = ONNX_TYPES[self.session.get_outputs()[0].type]
         self.components = components
         self.build_info = {"onnx_path": str(graph.path), "onnx_key": graph.key, "onnx_reused": graph.reused,
                            "export_seconds": round(graph.seconds, 3), "session_seconds": round(session_seconds, 3),
-                           "provider": self.provider}
+                           "provider": self.provider,
+                           "provider_options": _jsonable(self.session.get_provider_options().get(
+                               PROVIDERS.get(self.provider, self.provider), {}))}
 
     def _providers(self, ort) -> list[str]:
-        """The providers to hand onnxruntime, best first, from the ones this onnxruntime has."""
-        return self.settings.providers(str(self.device), ort.get_available_providers())
+        """The providers to hand onnxruntime, best first: those of the cache key (`engine_config`),
+        from what this onnxruntime and machine have."""
+        del ort
+        return self.settings.resolved_providers(str(self.device))
+
+    def _not_started(self, providers: list[str], what: str) -> EchobenchError:
+        """The session does not run the provider the cache key names: an error, never a silent switch."""
+        others = [p for p in ("cuda", "cpu") if p != providers[0]]
+        return EchobenchError(
+            f"onnxruntime engine: the {providers[0]} execution provider did not start ({what}). EchoMod's cache "
+            f"key names the provider, resolved before loading, so the engine does not run another one in its "
+            f"place; choose one that works here explicitly, e.g. --engine-option provider={others[0]}")
 
     def _provider_options(self, provider: str, key: str, dtype: torch.dtype) -> dict[str, Any]:
         if provider == "cpu":
@@ -154,13 +170,16 @@ class OnnxRuntimeEngine(DenoiserEngine):
         return super().decode(latents)
 
     def config(self) -> dict[str, Any]:
-        # Once loaded, the provider that runs (`settings.engine_config` gives the one asked for first).
-        config = self.settings.engine_config(str(self.device))
-        return {**config, "provider": self.provider} if self.provider else config
+        # The same before and after loading: `load` makes sure the session runs the key's provider.
+        return self.settings.engine_config(str(self.device))
 
     def close(self) -> None:
         self.session = None
         super().close()
+
+
+def _jsonable(options: dict) -> dict:
+    return {str(k): (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in options.items()}
 
 
 def _short_name(provider: str) -> str:

@@ -200,7 +200,7 @@ def _object_color(image: np.ndarray, count: int) -> tuple[np.ndarray, float, np.
     # The world picks object colours far from both background colours, and the border is mostly
     # background: the object's colour is far from most border pixels (a flat patch of background is
     # near many of them) and rarely on the border itself (an occluding bar crosses it twice).
-    # Measured on 3,000 images (40% ambiguous): 98.7% right, vs 96.7% for ring contrast alone.
+    # (Chosen over ring contrast alone, which found the object's colour less often on ambiguous images.)
     far = np.partition(to_border, len(border) // 4, axis=1)[:, len(border) // 4]  # lower quartile
     on_border = (to_border < _SAME_COLOR_L1).mean(axis=1)
     best = int((far * (1.0 - on_border)).argmax())
