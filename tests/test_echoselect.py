@@ -178,7 +178,7 @@ def test_exact_released_uses_pil_preprocessing_in_float32(tiny_clip):
 
 
 def test_exact_released_differences_count_decisions_at_tau(tiny_clip):
-    from echobench.echoalign.features import exact_released_differences
+    from echobench.echoalign.echoselect import exact_released_differences
 
     rng = np.random.default_rng(1)
     originals = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)

@@ -12,6 +12,7 @@ the τ sweep of Figure 4b.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,31 @@ def save_png(fig, path) -> None:
     finally:
         plt.close(fig)
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def exact_released_differences(originals: np.ndarray, modified: np.ndarray, tau: float, *, strict: bool,
+                               extractor: str, options: dict[str, Any] | None, device: str,
+                               backend: str = "auto", built=None) -> dict[str, Any] | None:
+    """When EchoSelect runs open_clip with `exact_released=true`: S of the pairs from the released path
+    (PIL preprocessing, float32) and from the fast one (tensor preprocessing, float16 on a GPU), both
+    with one model (`built`, or created once here, so random weights are shared too), and how many
+    keep/replace decisions at τ differ; None for any other extractor or setting."""
+    from echobench.echoalign.features import ClipOptions, OpenClip, as_bool, create_clip, extractor_options
+
+    options = dict(options or {})
+    if extractor != "open_clip" or not as_bool(options.get("exact_released", False), "exact_released"):
+        return None
+    exact_options = extractor_options(ClipOptions, {**options, "exact_released": True}, "extractor 'open_clip'")
+    built = built if built is not None else create_clip(exact_options)
+    paths = {}
+    for name, exact in (("exact", True), ("fast", False)):
+        fx = OpenClip(dataclasses.replace(exact_options, exact_released=exact), device, built=built)
+        paths[name] = (fx, paired_cosine(fx.extract(originals), fx.extract(modified), backend))
+    (_, s_exact), (fast, s_fast) = paths["exact"], paths["fast"]
+    exact_keep, fast_keep = keep_original(s_exact, tau, strict=strict), keep_original(s_fast, tau, strict=strict)
+    delta = np.abs(np.asarray(s_fast, np.float64) - np.asarray(s_exact, np.float64))
+    return {"tau": float(tau), "n": int(len(exact_keep)), "decisions_differ": int((exact_keep != fast_keep).sum()),
+            "kept_exact": int(exact_keep.sum()), "kept_fast": int(fast_keep.sum()),
+            "max_abs_delta_s": float(delta.max()) if len(delta) else 0.0,
+            "mean_abs_delta_s": float(delta.mean()) if len(delta) else 0.0,
+            "fast_path": f"tensor preprocessing, {'float16' if fast.half else 'float32'} on {device}"}

@@ -10,7 +10,7 @@ A `FeatureExtractor` maps uint8 NHWC images to float32 features (N, D), in batch
   of one PIL image at a time; half precision on GPU. `exact_released=true` runs the released
   `clip_filter.py`'s way instead: open_clip's own PIL preprocess on each image and the model in
   float32 on every device (slower; `echobench select` then also reports how many keep/replace
-  decisions the fast path would have made differently at its τ: `exact_released_differences`).
+  decisions the fast path would have made differently at its τ: `echoselect.exact_released_differences`).
 - ``shapes-hog``: the embedded extractor for the `shapes` world (no download): a histogram of oriented
   gradients of the grey image (Dalal–Triggs HOG in NumPy: 8 px cells, 9 bins, 2×2-cell blocks, on
   the image resized to 32 px) — it describes the object's outline, which is what a label change alters — centred by a fixed
@@ -19,7 +19,6 @@ A `FeatureExtractor` maps uint8 NHWC images to float32 features (N, D), in batch
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -57,7 +56,7 @@ def make_extractor(name: str, options: dict[str, Any] | None = None, device: str
     return cls.create(dict(options or {}), device)
 
 
-def _options(cls, options: dict[str, Any], what: str):
+def extractor_options(cls, options: dict[str, Any], what: str):
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(options) - known)
     if unknown:
@@ -133,7 +132,7 @@ class ShapesHog:
 
     @classmethod
     def create(cls, options: dict[str, Any], device: str) -> "ShapesHog":
-        return cls(_options(HogOptions, options, "extractor 'shapes-hog'"))
+        return cls(extractor_options(HogOptions, options, "extractor 'shapes-hog'"))
 
     def config(self) -> dict[str, Any]:
         return {"extractor": self.name, **asdict(self.options)}
@@ -222,8 +221,8 @@ class OpenClip:
     def create(cls, options: dict[str, Any], device: str) -> "OpenClip":
         options = dict(options)
         if "exact_released" in options:
-            options["exact_released"] = _as_bool(options["exact_released"], "exact_released")
-        return cls(_options(ClipOptions, options, "extractor 'open_clip'"), device)
+            options["exact_released"] = as_bool(options["exact_released"], "exact_released")
+        return cls(extractor_options(ClipOptions, options, "extractor 'open_clip'"), device)
 
     def config(self) -> dict[str, Any]:
         exact = {"exact_released": True} if self.options.exact_released else {}  # older configs unchanged
@@ -269,7 +268,7 @@ class OpenClip:
 EXTRACTORS.add("open_clip", OpenClip)
 
 
-def _as_bool(value: Any, name: str) -> bool:
+def as_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -278,31 +277,3 @@ def _as_bool(value: Any, name: str) -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise EchobenchError(f"extractor option {name}: expected true or false, got {value!r}")
-
-
-def exact_released_differences(originals: np.ndarray, modified: np.ndarray, tau: float, *, strict: bool,
-                               extractor: str, options: dict[str, Any] | None, device: str,
-                               backend: str = "auto", built=None) -> dict[str, Any] | None:
-    """When EchoSelect runs open_clip with `exact_released=true`: S of the pairs from the released path
-    (PIL preprocessing, float32) and from the fast one (tensor preprocessing, float16 on a GPU), both
-    with one model (`built`, or created once here, so random weights are shared too), and how many
-    keep/replace decisions at τ differ; None for any other extractor or setting."""
-    from echobench.echoalign.echoselect import keep_original, paired_cosine
-
-    options = dict(options or {})
-    if extractor != "open_clip" or not _as_bool(options.get("exact_released", False), "exact_released"):
-        return None
-    exact_options = _options(ClipOptions, {**options, "exact_released": True}, "extractor 'open_clip'")
-    built = built if built is not None else create_clip(exact_options)
-    paths = {}
-    for name, exact in (("exact", True), ("fast", False)):
-        fx = OpenClip(dataclasses.replace(exact_options, exact_released=exact), device, built=built)
-        paths[name] = (fx, paired_cosine(fx.extract(originals), fx.extract(modified), backend))
-    (_, s_exact), (fast, s_fast) = paths["exact"], paths["fast"]
-    exact_keep, fast_keep = keep_original(s_exact, tau, strict=strict), keep_original(s_fast, tau, strict=strict)
-    delta = np.abs(np.asarray(s_fast, np.float64) - np.asarray(s_exact, np.float64))
-    return {"tau": float(tau), "n": int(len(exact_keep)), "decisions_differ": int((exact_keep != fast_keep).sum()),
-            "kept_exact": int(exact_keep.sum()), "kept_fast": int(fast_keep.sum()),
-            "max_abs_delta_s": float(delta.max()) if len(delta) else 0.0,
-            "mean_abs_delta_s": float(delta.mean()) if len(delta) else 0.0,
-            "fast_path": f"tensor preprocessing, {'float16' if fast.half else 'float32'} on {device}"}

@@ -101,7 +101,8 @@ def select_report(task, clean: np.ndarray, params: EchoAlignParams, *, peers: li
         "tau_sweep": tau_sweep(similarity, is_clean),
         "cache": stats.as_dict(), "echoselect_seconds": round(select_s, 3),
     }
-    from echobench.echoalign.features import default_extractor, exact_released_differences
+    from echobench.echoalign.echoselect import exact_released_differences
+    from echobench.echoalign.features import default_extractor
 
     released = exact_released_differences(  # open_clip with exact_released=true only (issue 19)
         originals, modified, tau, strict=params.strict,
