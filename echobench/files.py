@@ -16,27 +16,31 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _write_temporary(path: Path, data: bytes) -> Path:
-    """A complete, fsynced copy of `data` under a fresh hidden name beside `path` (mode 0666 & ~umask)."""
+def create_temporary(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside `path`, open for writing (fd, its path), with mode 0666 & ~umask: what
+    `open` gives, where `tempfile.mkstemp` would give 0600, unreadable by a group sharing the files."""
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-            break
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
         except FileExistsError:
             continue
-    else:  # pragma: no cover - 100 collisions of 32 random bits
-        raise FileExistsError(f"no free temporary name beside {path}")
+    raise FileExistsError(f"no free temporary name beside {path}")  # 100 collisions of 32 random bits
+
+
+def _write_temporary(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """A complete, fsynced file beside `path` holding what `write(file)` wrote."""
+    fd, tmp = create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -53,10 +57,15 @@ def _naming(path: Path, exc: OSError) -> OSError:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same directory, fsync, then rename: readers see all or nothing."""
+    atomic_write_stream(path, lambda f: f.write(data))
+
+
+def atomic_write_stream(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(file)` into a temporary name in the same directory, fsync, then rename over `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _write_temporary(path, data)
+        tmp = _write_temporary(path, write)
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -73,7 +82,7 @@ def atomic_create_bytes(path: Path, data: bytes) -> bool:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _write_temporary(path, data)
+        tmp = _write_temporary(path, lambda f: f.write(data))
         try:
             os.link(tmp, path)
             return True

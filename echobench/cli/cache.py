@@ -82,7 +82,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _table(rows: list[dict], root: Path) -> str:
+def _table(rows: list[dict]) -> str:
     from tabulate import tabulate
 
     table = [{"dataset": r["dataset"], "config": r["config"], "engine": r["engine"],
@@ -118,7 +118,7 @@ def cmd_ls(args) -> int:
     if not rows:
         print(f"no EchoMod cache entries in {root}")
         return 0
-    print(_table(rows, root))
+    print(_table(rows))
     unreadable = sum(r["unreadable"] for r in rows)
     print(f"{len(rows)} configuration(s), {sum(r['pairs'] for r in rows)} pairs, "
           f"{_size(sum(r['bytes'] for r in rows))} in {root}"
@@ -180,7 +180,7 @@ def cmd_prune(args) -> int:
         print(json.dumps({"cache_dir": str(root), "dry_run": args.dry_run, "configs": rows}, indent=2))
     else:
         if rows:
-            print(_table(rows, root))
+            print(_table(rows))
         verb = "would delete" if args.dry_run else "deleted"
         done = [r for r in rows if args.dry_run or r["removed"]]
         print(f"{verb} {len(done)} configuration(s), {sum(r['pairs'] for r in done)} pairs, "

@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from echobench.errors import EchobenchError
+from echobench.files import create_temporary
 from echobench.data.safe_pickle import read_torch_zip_pickle
 from echobench.data import cifar
 from echobench.data.base import Dataset
@@ -214,7 +214,7 @@ def _download(spec: HumanLabelFile, path: Path) -> None:
     """Fetch the official file to `path`: to a temporary name beside it, renamed only once its
     size and sha256 match, so an interrupted or wrong download never sits at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=path.parent)
+    fd, tmp_name = create_temporary(path)
     try:
         digest, size = hashlib.sha256(), 0
         request = urllib.request.Request(spec.url, headers={"User-Agent": "echobench"})

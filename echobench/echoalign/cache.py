@@ -46,7 +46,6 @@ import hashlib
 import json
 import os
 import pwd
-import secrets
 import shutil
 import socket
 import sys
@@ -62,6 +61,7 @@ import numpy as np
 from echobench import paths
 from echobench.echoalign.echomod import Modifier, config_digest, sample_seeds
 from echobench.errors import EchobenchError
+from echobench.files import atomic_write_bytes, atomic_write_stream, create_temporary
 
 SHARD_SIZE = 1024  # dataset indices per shard: a CIFAR-10 shard at 32 px is ~3 MiB per label
 LABEL_BITS = 20  # a pair key keeps the label in its low bits: labels lie in [0, 2**20)
@@ -104,32 +104,6 @@ def _digest(indices: np.ndarray, labels: np.ndarray, images: np.ndarray) -> str:
 
 # --- files ------------------------------------------------------------------------------------------
 
-def _create_temporary(folder: Path, prefix: str) -> tuple[int, Path]:
-    """A new file in `folder`, open for writing, with mode 0666 minus the umask (what `open` gives;
-    `tempfile.mkstemp` would give 0600, unreadable by the rest of a group sharing the cache)."""
-    while True:
-        path = folder / f"{prefix}{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-        except FileExistsError:
-            continue
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """`write(file)` to a temporary name beside `path`, fsync, rename over `path`."""
-    fd, tmp = _create_temporary(path.parent, f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _owner(path: Path) -> str:
     """'user alice (uid 1001), mode 0600' of a file, as far as it can be told."""
     try:
@@ -159,8 +133,8 @@ def decode_shard(handle: BinaryIO, shard: int | None = None, shard_size: int = S
 
     Every failure to decode counts (numpy's header parser alone raises SyntaxError, tokenize.TokenError,
     NotImplementedError, RuntimeError, ValueError… on garbage), and so does content that decodes but is
-    not what the writer writes: the zip members' CRC-32s are checked first (a CRC catches every single-
-    and double-bit flip of a member), then the arrays' dtypes, shapes, order and sha256."""
+    not what the writer writes: the zip members' CRC-32s are checked first (a CRC-32 catches every single-
+    bit flip and every burst of up to 32 bits in a member), then the arrays' dtypes, shapes, order and sha256."""
     try:
         with zipfile.ZipFile(handle) as zf:
             if set(zf.namelist()) != SHARD_MEMBERS:
@@ -283,6 +257,8 @@ class ModCache:
             handle = open(path, "rb")
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except IsADirectoryError:
+            raise EchobenchError(f"{path} is a folder where EchoMod's cache keeps a shard file; move it away") from None
         except PermissionError:
             raise UnreadableShard(
                 f"cannot read EchoMod cache shard {path}: permission denied (it belongs to {_owner(path)}); ask its "
@@ -310,7 +286,7 @@ class ModCache:
         """EchobenchError unless this process can add shards here (checked before generating anything)."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd, probe = _create_temporary(self.dir, ".probe.")
+            fd, probe = create_temporary(self.dir / ".probe")
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
@@ -328,7 +304,7 @@ class ModCache:
             keys = pair_keys(indices, labels)
             _, first = np.unique(keys, return_index=True)  # sorted by (index, label), each pair once
             indices, labels, images = indices[first], labels[first], images[first]
-            _write_atomically(self.shard_path(shard), lambda f: np.savez(
+            atomic_write_stream(self.shard_path(shard), lambda f: np.savez(
                 f, indices=indices, labels=labels, images=images, sha256=np.array(_digest(indices, labels, images))))
 
     def remove_stale_temporaries(self) -> None:
@@ -391,7 +367,7 @@ class ModCache:
             self.check_writable(len(missing))
             if not (self.dir / "config.json").exists():
                 text = json.dumps({"dataset": self.dataset, "config": self.config, "shard_size": self.shard_size}, indent=2, sort_keys=True, default=str)
-                _write_atomically(self.dir / "config.json", lambda f: f.write(text.encode() + b"\n"))
+                atomic_write_bytes(self.dir / "config.json", text.encode() + b"\n")
             self.remove_stale_temporaries()
             self.touch()
         # one (index, label) pair is generated once even when requested twice

@@ -19,8 +19,6 @@ absence is an EchobenchError naming the extra to install. The VAE decode stays i
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 
 from echobench.errors import EchobenchError
+from echobench.files import atomic_write_bytes
 from echobench.engines.base import Components, DenoiserEngine
 from echobench.engines.export import engine_cache_root, export_fused_onnx, model_digest
 from echobench.engines.fused import step_inputs
@@ -98,8 +97,8 @@ class TensorRTEngine(DenoiserEngine):
                 plan = _build(trt, logger, graph.path, self.shapes, s, root / timing_cache_name(
                     gpu, capability, trt.__version__))
                 plan_path = folder / f"{plan_digest(fields)}.plan"
-                _atomic_write(plan_path, plan)
-                _atomic_write(plan_path.with_suffix(".json"), _json(fields))
+                atomic_write_bytes(plan_path, plan)
+                atomic_write_bytes(plan_path.with_suffix(".json"), _json(fields))
                 self._engine = self._runtime.deserialize_cuda_engine(plan)
                 built = True
             if self._engine is None:
@@ -183,7 +182,7 @@ def _build(trt, logger, onnx_path: Path, shapes: StepShapes, settings: TensorRTC
             "SD 1.5 UNet + ControlNet needs tens of GB of host memory and most of the GPU's: try "
             "workspace_gb, a smaller batch_size or optimization_level"
         )
-    _atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    atomic_write_bytes(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan))
 
 
@@ -201,16 +200,3 @@ def _json(fields: dict[str, Any]) -> bytes:
     import json
 
     return json.dumps(fields, indent=1, sort_keys=True).encode()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path` and rename it over: readers never see half a plan."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
