@@ -10,7 +10,7 @@ import sys
 from echobench.errors import EchobenchError
 
 # command groups, in the order `echobench --help` lists them
-GROUPS = ("run", "ls", "report", "noise", "bench", "echoalign", "cache", "doctor")
+GROUPS = ("run", "ls", "report", "compare", "noise", "bench", "echoalign", "cache", "doctor")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,7 +7,6 @@ import argparse
 import json
 
 from echobench.cli.options import add_json
-from echobench.errors import EchobenchError
 
 DESCRIPTION = """\
 Compare two runs row by row and say what regressed: accuracy per experiment (a results directory's
@@ -35,9 +34,10 @@ EXAMPLES = """examples:
   echobench compare old.json new.json --tolerance 0.25    # two `echobench bench engines … --json` documents
   echobench compare runs/main runs/pr --alpha 0.01 --min-effect 2 --single-seed-effect 3
 
-  # in CI: fail the job on exit 1, post the Markdown as a pull-request comment
+  # in CI: run the suite, compare with the stored baseline, post the Markdown, fail the job on exit 1
   echobench run --suite smoke --out runs/pr --seeds 1 2 3
-  echobench compare ci-baseline/smoke runs/pr > compare.md || exit_code=$?"""
+  echobench compare ci-baseline/smoke runs/pr > compare.md; status=$?
+  gh pr comment --body-file compare.md; exit $status"""
 
 
 def _fraction(text: str) -> float:
@@ -48,7 +48,10 @@ def _fraction(text: str) -> float:
 
 
 def add_parser(add) -> None:
-    cmd = add("compare", DESCRIPTION, EXAMPLES, cmd_compare)
+    cmd = add("compare", "Compare two results directories (or two `bench … --json` documents): accuracy per "
+                         "experiment and runtime per row, a verdict each; exit 1 on a regression (for CI).",
+              EXAMPLES, cmd_compare)
+    cmd.description = DESCRIPTION  # the rules in full; `echobench --help` lists the line above
     cmd.add_argument("baseline", metavar="BASELINE", help="results directory or `bench … --json` file: the reference")
     cmd.add_argument("candidate", metavar="CANDIDATE", help="results directory or `bench … --json` file: the new run")
     cmd.add_argument("--metric", default="best_val", choices=["best_val", "last", "oracle"],
@@ -82,5 +85,3 @@ def cmd_compare(args) -> int:
         print(markdown(doc), end="")
     return doc["exit_code"]
 
-
-__all__ = ["add_parser", "cmd_compare", "EchobenchError"]
