@@ -44,6 +44,9 @@ ENTRY_POINT_GROUPS = {"method": "echobench.methods", "dataset": "echobench.datas
 MAX_DIGEST_FILES = 2000  # a package with more source files than this is hashed over its first ones (sorted)
 
 
+_DIGESTS: dict[tuple, str] = {}  # (file, mtime, size)... → digest, this process
+
+
 @dataclass(frozen=True)
 class PluginSource:
     """Where registrations come from: an included file or folder, an entry point, or a module named in a
@@ -55,34 +58,45 @@ class PluginSource:
     module: str | None = None  # entry points, module:Class: whose top-level package is hashed
     version: str | None = None  # a distribution's version (entry points)
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[tuple[str, Path]]:
+        """(name, path) of each source file: names relative to the plugin's folder (or the file's name),
+        so that the digest does not depend on where the plugin sits."""
         roots = [Path(p) for p in self.paths]
         if not roots and self.module:
             top = sys.modules.get(self.module.split(".")[0])
             if top is not None:
                 roots = [Path(p) for p in getattr(top, "__path__", [])] or (
                     [Path(top.__file__)] if getattr(top, "__file__", None) else [])
-        files: set[Path] = set()
+        files: dict[str, Path] = {}
         for root in roots:
             if root.is_dir():
-                files.update(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+                for p in root.rglob("*.py"):
+                    if "__pycache__" not in p.parts:
+                        files[f"{root.name}/{p.relative_to(root).as_posix()}"] = p
             elif root.is_file():
-                files.add(root)
-        return sorted(files)[:MAX_DIGEST_FILES]
+                files[root.name] = root
+        return sorted(files.items())[:MAX_DIGEST_FILES]
 
     def digest(self) -> str:
         """sha256 over the plugin's source files (relative names and contents), 16 hex digits."""
         files = self.files()
-        base = Path(self.paths[0]).parent if len(self.paths) == 1 and Path(self.paths[0]).is_file() else None
+        try:
+            stamp = tuple((name, str(path), path.stat().st_mtime_ns, path.stat().st_size) for name, path in files)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp in _DIGESTS:
+            return _DIGESTS[stamp]
         h = hashlib.sha256()
-        for f in files:
+        for name, path in files:
             try:
-                data = f.read_bytes()
+                data = path.read_bytes()
             except OSError:
                 data = b"(unreadable)"
-            name = f.name if base is not None else str(f)
             h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-        return h.hexdigest()[:16]
+        digest = h.hexdigest()[:16]
+        if stamp is not None:
+            _DIGESTS[stamp] = digest
+        return digest
 
     def provenance(self, obj: object = None) -> dict:
         """What a cell records about the plugin: its label, version and source digest. The version is
@@ -166,9 +180,9 @@ def load_includes(includes: Iterable[str]) -> None:
     file and the problem."""
     for include in includes:
         root = Path(include)
-        files = _folder_files(root) if root.is_dir() else [root]
         if not root.exists():
-            raise EchobenchError(f"included plugin {include} does not exist (here: {_host()})")
+            raise EchobenchError(f"included plugin {include} does not exist (on host {_host()})")
+        files = _folder_files(root) if root.is_dir() else [root]
         source = PluginSource(f"plugin {'folder' if root.is_dir() else 'file'} {root}", (str(root),))
         for file in files:
             key = str(file)

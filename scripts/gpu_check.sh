@@ -3,7 +3,8 @@
 #   scripts/gpu_check.sh --quick   under 4 minutes on one H100 (setup, GPU probe, a subset of the gpu
 #                                  tests, the eager and compile rows at batch 8)
 #   scripts/gpu_check.sh           (full) under 8 minutes: every gpu test, every exact-output engine
-#                                  row, the optional engines when installed, one training epoch
+#                                  row, the optional engines when installed, one training epoch,
+#                                  training cells packed 2, 4, 8 per GPU (compiled and not)
 #
 # The budget is enforced, not estimated: every step runs under `timeout` with the smaller of its own
 # limit and what is left of the run's budget (GPU_CHECK_BUDGET, default 230 s quick / 470 s full)
@@ -22,7 +23,9 @@
 #            optional engines (onnxruntime with a GPU provider, tensorrt) get rows of their own only
 #            when installed, after the required rows; merged into reports/gpu/bench_engines.json
 #   train    `echobench bench train --device cuda --json` (reports/gpu/bench_train.json; full only)
-#   [slot]   packed-training rows: reserved below, added by the packed-training issue
+#   packed:* `echobench bench train --device cuda --concurrent 2 4 8 [--compile] --json`: one ResNet-18 cell
+#            alone vs 2, 4 and 8 cells at once on the GPU, uncompiled, then compiled (full only), merged
+#            into reports/gpu/bench_train_concurrent.json, which the dry run's packed projection reads
 #   runtime  bench_engines.json converted to the runtime report's measurements, then
 #            `echobench report --runtime ... --out reports/gpu` (runtime.md, runtime.json)
 #   summary  reports/gpu/summary.{json,md}: date, mode, GPU, every step's status and time, the numbers
@@ -47,7 +50,7 @@ for arg in "$@"; do
     case $arg in
         --quick) MODE=quick ;;
         --full) MODE=full ;;
-        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "gpu_check: unknown argument $arg (use --quick or --full)" >&2; exit 2 ;;
     esac
 done
@@ -68,12 +71,16 @@ T_ROW="${T_ROW:-35}"                 # an eager row: build sd15 (random init), r
 T_ROW_COMPILE="${T_ROW_COMPILE:-80}" # a compile row: inductor compiles the fused step (+ CUDA graphs)
 T_ROW_OPTIONAL="${T_ROW_OPTIONAL:-60}" # onnxruntime / tensorrt: export + session or plan build
 T_TRAIN="${T_TRAIN:-30}"
+T_PACKED="${T_PACKED:-70}"                 # solo + 2, 4, 8 cells (one process each), 20,000 images per cell
+T_PACKED_COMPILE="${T_PACKED_COMPILE:-110}" # the same compiled: inductor + CUDA graphs in every cell's warm-up
+PACKED_N="${PACKED_N:-20000}"
 T_RUNTIME="${T_RUNTIME:-10}"
 T_SUMMARY="${T_SUMMARY:-8}"
 KILL_AFTER=3
 MIN_SLOT=10  # a step that would get less than this is skipped instead
 # A previous run's results must not pass for this one's (a skipped step would leave them in place).
 rm -f "$OUT"/{gpu.json,pytest_gpu.xml,bench_engines.json,bench_train.json,runtime_measurements.json} \
+    "$OUT"/{bench_train_concurrent.json,packed_plain.json,packed_compiled.json} \
     "$OUT"/{runtime.md,runtime.json,summary.md,summary.json} "$OUT"/logs/*.log "$OUT"/logs/python.txt \
     "$OUT"/rows/*.json
 STEPS="$OUT/steps.tsv"
@@ -166,6 +173,7 @@ def cell(value, spec=""):
 with open(out / "steps.tsv", encoding="utf-8") as f:
     steps = list(csv.DictReader(f, delimiter="\t"))
 gpu, train, engines = load("gpu.json") or {}, load("bench_train.json"), load("bench_engines.json")
+packed = load("bench_train_concurrent.json")
 tests, cases = None, []
 try:
     root = ET.parse(out / "pytest_gpu.xml").getroot()
@@ -185,7 +193,8 @@ except (OSError, subprocess.SubprocessError):
     git = None
 ok = all(s["status"] == "ok" for s in steps)
 doc = {"date": run_date, "mode": mode, "budget_s": budget, "gpu": gpu, "git": git, "python": sys.version.split()[0], "total_seconds": round(total, 1),
-       "ok": ok, "steps": steps, "tests": tests, "test_cases": cases, "bench_train": train, "bench_engines": engines}
+       "ok": ok, "steps": steps, "tests": tests, "test_cases": cases, "bench_train": train, "bench_engines": engines,
+       "bench_train_concurrent": packed}
 (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 where = (f"{gpu['name']} ({gpu.get('memory_gib')} GiB, compute capability {gpu.get('capability')}, driver "
@@ -208,6 +217,17 @@ if train:
            f"random images, {train.get('precision')}, channels_last {train.get('channels_last')}: "
            f"{cell(train.get('images_per_s'), '.0f')} images/s, {cell(train.get('seconds_per_epoch'), '.2f')} s per "
            f"epoch, peak memory {cell(train.get('peak_memory_mib'), '.0f')} MiB ({train.get('peak_memory_kind')})."]
+if packed:
+    md += ["", "## Several training cells per GPU (bench train --concurrent)", "",
+           f"{packed.get('model')}, {packed.get('n')} random images per cell, batch {packed.get('batch_size')}, one "
+           f"process per cell; aggregate images/s against one uncompiled cell alone.", "",
+           "| cells | compiled | images/s (all) | x 1 cell | peak MiB per cell | GPU MiB per process | warm-up s | error |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in packed.get("rows", []):
+        md.append(f"| {r.get('cells')} | {r.get('compile')} | {cell(r.get('aggregate_images_per_s'), '.0f')} | "
+                  f"{cell(r.get('speedup_vs_solo'), '.2f')} | {cell(r.get('peak_memory_mib_per_cell'), '.0f')} | "
+                  f"{cell(r.get('gpu_process_mib_per_cell'), '.0f')} | {cell(r.get('warmup_seconds_max'), '.1f')} | "
+                  f"{cell(r.get('error'))} |")
 converted = load("runtime_measurements.json")
 if converted:
     md += ["", "## EchoMod engines (bench engines)", "",
@@ -449,12 +469,44 @@ else
     skip_step train "no CUDA GPU visible to torch"
 fi
 
-# --- SLOT: packed-training rows -----------------------------------------------------------------------
-# Reserved for the packed-training issue: add its rows here, each as
-#     timed_step "packed:<row>" <limit> <stdout file or -> <command...>
-# (a process of its own under the budget), writing reports/gpu/<file>.json, and read that file in the
-# summary below. Keep the quick mode under 4 minutes: put rows that do not fit it under
-# `[ "$MODE" = full ]`.
+# --- packed training: several cells per GPU ----------------------------------------------------------
+# One `bench train --concurrent` process per row set (each cell is a process of its own inside it):
+# uncompiled first (the issue's target compares against one uncompiled cell), compiled second (its
+# own solo compiled row besides). Merged into bench_train_concurrent.json: every row of both, the
+# first file's header; the dry run reads that file (echobench/reporting/training_cost.py).
+if [ "$HAVE_GPU" = 1 ] && [ "$MODE" = full ]; then
+    timed_step packed:plain "$T_PACKED" "$OUT/packed_plain.json" "$PY" -m echobench bench train --device cuda \
+        --n "$PACKED_N" --concurrent 2 4 8 --json
+    timed_step packed:compiled "$T_PACKED_COMPILE" "$OUT/packed_compiled.json" "$PY" -m echobench bench train \
+        --device cuda --n "$PACKED_N" --concurrent 2 4 8 --compile --json
+    IFS= read -r -d '' MERGE_PACKED <<'PY' || true
+import json, sys
+from pathlib import Path
+
+out, merged = Path(sys.argv[1]), None
+for name in ("packed_plain.json", "packed_compiled.json"):
+    try:
+        doc = json.loads((out / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        continue
+    if merged is None:
+        merged = {**doc, "rows": [], "files": []}
+    merged["files"].append(name)
+    seen = {(r["cells"], r["compile"]) for r in merged["rows"]}
+    merged["rows"] += [r for r in doc["rows"] if (r["cells"], r["compile"]) not in seen]
+if merged is not None:
+    rows = [r for r in merged["rows"] if r.get("aggregate_images_per_s")]
+    merged["best"] = max(rows, key=lambda r: r["aggregate_images_per_s"], default=None)
+    merged["compile"] = any(r["compile"] for r in merged["rows"])
+    (out / "bench_train_concurrent.json").write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    print(f"merged {len(merged['files'])} file(s), {len(merged['rows'])} row(s)")
+PY
+    "$PY" -c "$MERGE_PACKED" "$OUT" || echo "gpu_check: merging the packed-training rows failed" >&2
+elif [ "$HAVE_GPU" = 1 ]; then
+    skip_step packed "full mode only"
+else
+    skip_step packed "no CUDA GPU visible to torch"
+fi
 
 # --- (e) runtime report ------------------------------------------------------------------------------
 # `bench engines --json` → the measurement schema of echobench/reporting/runtime.py, one measurement per

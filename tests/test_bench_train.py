@@ -43,6 +43,54 @@ def test_bench_train_bad_input_exits_2_with_a_message(cli, args, fragment):
     assert fragment in err and "Traceback" not in err
 
 
+def test_bench_train_concurrent_json_on_cpu(cli):
+    """One cell alone, then two at once (a process each), in one run; tiny sizes."""
+    code, out, err = cli("bench", "train", "--n", 64, "--batch-size", 32, "--device", "cpu", "--warmup-steps", 1,
+                         "--threads", 1, "--concurrent", 2, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["benchmark"] == "train-concurrent" and doc["concurrent"] == [2] and doc["compile"] is False
+    solo, pair = doc["rows"]
+    assert (solo["cells"], solo["compile"], pair["cells"], pair["compile"]) == (1, False, 2, False)
+    assert solo["speedup_vs_solo"] == pytest.approx(1.0)
+    assert pair["images"] == 128 and len(pair["per_cell_images_per_s"]) == 2
+    assert pair["aggregate_images_per_s"] == pytest.approx(128 / pair["wall_s"])
+    assert pair["speedup_vs_solo"] == pytest.approx(pair["aggregate_images_per_s"] / solo["aggregate_images_per_s"])
+    for row in (solo, pair):
+        assert row["peak_memory_mib_per_cell"] > 0 and row["torch_threads_per_cell"] == 1
+        assert all(math.isfinite(c["train_loss"]) for c in row["cell_results"])
+    assert {c["seed"] for c in pair["cell_results"]} == {0, 1}  # each cell its own seed
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--concurrent", "0"], "--concurrent takes cell counts from 1 to 16"),
+    (["--concurrent", "17"], "--concurrent takes cell counts from 1 to 16"),
+])
+def test_bench_train_concurrent_bad_input_exits_2(cli, args, fragment):
+    code, out, err = cli("bench", "train", "--n", 8, "--device", "cpu", *args)
+    assert code == 2 and out == "" and fragment in err and "Traceback" not in err
+
+
+def test_bench_train_compile_times_the_compiled_protocol_and_drops_the_last_batch(cli, monkeypatch):
+    """--compile selects paper-compiled (last partial batch dropped); torch.compile itself is stubbed
+    out here (tests/test_trainer.py compiles for real, marked slow)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: fn if fn is not None else (lambda f: f))
+    code, out, err = cli("bench", "train", "--n", 80, "--batch-size", 32, "--device", "cpu", "--warmup-steps", 1,
+                         "--compile", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["protocol"], doc["compile"], doc["last_batch"]) == ("paper-compiled", True, "drop")
+    assert doc["steps_per_epoch"] == 2 and doc["images"] == 64 and doc["warmup_images"] == 32
+
+
+def test_gpu_check_runs_the_packed_training_rows():
+    text = (REPO / "scripts" / "gpu_check.sh").read_text()
+    assert "--concurrent 2 4 8 --json" in text and "--concurrent 2 4 8 --compile --json" in text
+    assert "bench_train_concurrent.json" in text
+
+
 def test_gpu_check_script_parses():
     bash = shutil.which("bash")
     if bash is None:

@@ -227,6 +227,41 @@ def test_modify_command_on_a_read_only_cache_says_so_in_one_line(shared):
     assert list(cache_dir.iterdir()) == []
 
 
+@needs_root
+def test_run_on_a_read_only_cache_with_pairs_to_generate_says_so_before_any_cell(shared):
+    """`echobench run` checks once, before computing any cell, that a read-only cache holds every pair
+    its EchoAlign cells need: one line, exit 2, no cell computed (not the same failure in each cell)."""
+    import json
+
+    from echobench.cli import main
+    from echobench.harness import echomod_shards, runner  # noqa: F401 - imported before the child drops root
+    from echobench.engines.procedural import engine  # noqa: F401
+
+    (shared / "ro-cache").mkdir(mode=0o755)
+    (shared / "data").mkdir(mode=0o777)
+    suite = shared / "suite.yaml"
+    suite.write_text(json.dumps({"name": "ro", "datasets": {"shapes": {"n_train": 200, "n_test": 20}},
+                                 "noise": ["symmetric:0.3"], "methods": ["ce", "echoalign"], "seeds": [1],
+                                 "protocol": {"name": "smoke", "epochs": 1}}))
+    suite.chmod(0o644)
+
+    def run():
+        sys.stderr, sys.stdout = err, _ = io.StringIO(), io.StringIO()
+        try:
+            code = main(["run", "--suite", str(suite), "--out", str(shared / "out"), "--cache-dir",
+                         str(shared / "ro-cache"), "--data-root", str(shared / "data"), "--no-progress",
+                         "--device", "cpu", "--threads", "1"])
+        finally:
+            sys.stderr, sys.stdout = sys.__stderr__, sys.__stdout__
+        return {"code": code, "stderr": err.getvalue()}
+
+    got = as_nobody(run)["value"]
+    assert got["code"] == 2 and got["stderr"].count("\n") == 1, got
+    assert "is not writable" in got["stderr"] and "pair(s) still to generate" in got["stderr"]
+    assert not list((shared / "out" / "cells").glob("*/result.json"))
+    assert list((shared / "ro-cache").iterdir()) == []
+
+
 # --- §5: --cache-dir is a file ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [

@@ -3,12 +3,22 @@
 The recorded values are those of `reports/shapes/report.json` (the `shapes` suite, the CPU analog of
 the paper's Table 1, run with `echobench run --suite shapes --threads 1`): for each (method, noise) the
 test accuracy at the best noisy-validation epoch of every seed, in %. `test_recorded_cells_reproduce`
-(marker `slow`, `tox -e regression`) re-runs a subset of those exact cells in this process: the
-`RunSpec`s come from expanding the registered `shapes` suite, nothing of their configuration is
-re-typed here. EchoMod's cache is a
-fresh temporary directory (see conftest), so EchoAlign's modified images are regenerated too.
+(marker `slow`, `tox -e regression`) re-runs a subset of those exact cells in this process, into a
+temporary results directory through the store (`compute_in_store`, as every executor files a cell):
+the `RunSpec`s come from expanding the registered `shapes` suite, nothing of their configuration is
+re-typed here. EchoMod's cache is a fresh temporary directory (see conftest), so EchoAlign's modified
+images are regenerated too.
 
-The rule, per re-run cell (method, noise, seed):
+Two checks, both must pass:
+
+1. `echobench compare reports/shapes RERUN --only-common` (`echobench.reporting.compare`), the rule a
+   user's CI applies: the re-run cell is matched to its committed experiment by identity (the resolved
+   configuration without the seed) and tested against that row's seeds (one seed against three: the
+   prediction test, p < 0.05 and at least 1 point). It must exit 0, with the experiment matched.
+   Against three seeds this only catches moves that are large for the row's spread: for EchoAlign's
+   narrow rows about 2.5 points, for CE at 50% symmetric noise (seeds 29.9–46.6) none that one seed
+   can show. Hence the second, stricter check, which uses what `compare` cannot: the same seed.
+2. The same-seed band, per re-run cell (method, noise, seed):
 
     allowed band = recorded value of that seed ± max(seed spread, floor)
     seed spread  = max − min of the recorded values over the suite's three seeds
@@ -30,7 +40,8 @@ noise. The floor keeps a row whose seeds happened to agree (as echoalign-release
 difference would break.
 
 Every comparison prints measured vs recorded, the difference and the band, with the environment of
-both runs, so a failure says which cell moved, by how much, what was allowed and what differs.
+both runs, and `compare`'s Markdown, so a failure says which cell moved, by how much, what was allowed
+and what differs.
 """
 
 from __future__ import annotations
@@ -43,7 +54,8 @@ from pathlib import Path
 
 import pytest
 
-REPORT = Path(__file__).resolve().parents[1] / "reports" / "shapes" / "report.json"
+RESULTS = Path(__file__).resolve().parents[1] / "reports" / "shapes"  # the committed results directory
+REPORT = RESULTS / "report.json"
 SUITE = "shapes"
 FLOOR_POINTS = 1.0  # accuracy points (%): the narrowest band, whatever the recorded seed spread
 
@@ -210,20 +222,30 @@ def recorded_thread_count():
     torch.set_num_threads(before)
 
 
-def rerun(method: str, noise: str, seed: int, run_cell=None) -> tuple[Comparison, list[str]]:
+def rerun(method: str, noise: str, seed: int, out: Path, run_cell=None) -> tuple[Comparison, list[str]]:
     """Re-run one cell of the recorded suite in this process (its RunSpec from the suite's expansion)
-    and compare it with the report: the comparison and the lines that describe it."""
+    into the results directory `out` (filed through the store, as `echobench run` files it) and compare
+    it with the report: the same-seed comparison and the lines that describe it."""
     import torch
 
+    from echobench.environment import environment
+    from echobench.harness.cells import compute_in_store
+    from echobench.harness.store import Store, experiment_key
     from echobench.harness.suite import load_suite
 
     if run_cell is None:
         from echobench.harness.train_cell import run_cell
     rows, report = load_recorded()
     (spec,) = [c for c in load_suite(SUITE).expand() if (c.method, c.noise, c.seed) == (method, noise, seed)]
+    store = Store(out)
+    store.claim(SUITE, [experiment_key(spec.kind, spec.to_dict())])
+    store.check_layout([spec.run_id])
     started = time.perf_counter()
-    result = run_cell(spec, device="cpu")
+    status, error = compute_in_store(store, SUITE, spec, environment("cpu"), lambda: run_cell(spec),
+                                     force=True)
     seconds = time.perf_counter() - started
+    assert status == "computed", f"{method} {noise} seed {seed}: {status}: {error}"
+    result = store.load_cell(spec.run_id).result
     measured = round(100.0 * result["metrics"]["test_acc_best_val"], 4)  # in % and rounded as report.json is
     assert math.isfinite(measured), f"{method} {noise} seed {seed}: accuracy {measured}"
     comparison = compare(rows[(method, noise)], seed, measured)
@@ -232,23 +254,40 @@ def rerun(method: str, noise: str, seed: int, run_cell=None) -> tuple[Comparison
     return comparison, lines
 
 
+def compare_with_committed(out: Path) -> dict:
+    """`echobench compare reports/shapes OUT --only-common`: the committed cells of the experiments that
+    OUT re-ran against OUT's cells. The document; its "markdown" is what the command prints."""
+    from echobench.reporting.compare import compare as compare_dirs, markdown
+
+    doc = compare_dirs(RESULTS, out, metric="best_val", only_common=True)
+    doc["markdown"] = markdown(doc)
+    return doc
+
+
+def assert_compare_passes(doc: dict, expected_rows: int = 1) -> None:
+    assert doc["summary"]["compared"] == expected_rows and doc["summary"]["only_candidate"] == 0, (
+        "the re-run cell matched no committed experiment (its configuration changed?):\n" + doc["markdown"])
+    assert doc["exit_code"] == 0, "`echobench compare` found a regression against reports/shapes:\n" + doc["markdown"]
+
+
 def assert_within_band(comparison: Comparison, lines: list[str]) -> None:
     assert comparison.ok, "accuracy moved beyond its recorded seed spread:\n" + "\n".join(lines)
 
 
-def test_rerun_fails_when_the_cell_moves(monkeypatch):
+def fake_run_cell(accuracy: float, seen: list):
+    def run(spec, ctx=None):
+        seen.append(spec)
+        return {"metrics": {"test_acc_best_val": accuracy, "test_acc_last": accuracy, "test_acc_oracle": accuracy}}
+    return run
+
+
+def test_rerun_fails_when_the_cell_moves(tmp_path):
     """The re-run path end to end with a stand-in for `run_cell`: the same spec the slow test runs,
-    an accuracy 17 points above the recorded 36.8 (spread 16.7 over three seeds) fails and says so; the
-    recorded value passes."""
+    filed into a results directory; an accuracy 17 points above the recorded 36.8 (spread 16.7 over
+    three seeds) fails the same-seed band and says so, while `compare` (one seed against CE's wide
+    three-seed row) calls it within noise; the recorded value passes both."""
     seen = []
-
-    def fake_run_cell(accuracy):
-        def run(spec, device):
-            seen.append(spec)
-            return {"metrics": {"test_acc_best_val": accuracy}}
-        return run
-
-    comparison, lines = rerun("ce", "symmetric:0.5", 1, run_cell=fake_run_cell(0.538))
+    comparison, lines = rerun("ce", "symmetric:0.5", 1, tmp_path / "moved", run_cell=fake_run_cell(0.538, seen))
     assert seen[0].method == "ce" and seen[0].noise == "symmetric:0.5" and seen[0].seed == 1
     assert seen[0].protocol["epochs"] == 30 and seen[0].dataset_options == {"n_train": 4000, "n_test": 1000}
     with pytest.raises(AssertionError) as failure:
@@ -257,21 +296,40 @@ def test_rerun_fails_when_the_cell_moves(monkeypatch):
     assert "moved beyond its recorded seed spread" in message
     assert "ce symmetric:0.5 seed 1: measured 53.80%, recorded 36.80%, difference +17.00 points, allowed ±16.70" in message
     assert "recorded: " in message and "this run: " in message
-    comparison, lines = rerun("ce", "symmetric:0.5", 1, run_cell=fake_run_cell(0.368))
+    doc = compare_with_committed(tmp_path / "moved")
+    assert_compare_passes(doc)  # +16.0 points against the mean of 29.9, 36.8 and 46.6: p ≈ 0.2
+    (row,) = doc["accuracy"]
+    assert row["method"] == "ce" and row["baseline"]["n"] == 3 and row["test"] == "prediction"
+    comparison, lines = rerun("ce", "symmetric:0.5", 1, tmp_path / "same", run_cell=fake_run_cell(0.368, seen))
     assert_within_band(comparison, lines)
     assert lines[0].endswith("→ ok, exact")
+    assert_compare_passes(compare_with_committed(tmp_path / "same"))
+
+
+def test_compare_fails_when_a_narrow_row_drops(tmp_path):
+    """EchoAlign at 50% symmetric noise spreads over one point (82.6–83.6): one re-run seed 5 points
+    below fails `compare` (exit 1, the row named in its Markdown), and the band as well."""
+    comparison, lines = rerun("echoalign", "symmetric:0.5", 1, tmp_path / "drop", run_cell=fake_run_cell(0.781, []))
+    assert not comparison.ok
+    doc = compare_with_committed(tmp_path / "drop")
+    with pytest.raises(AssertionError, match="found a regression against reports/shapes") as failure:
+        assert_compare_passes(doc)
+    assert "shapes symmetric:0.5 echoalign: -5.00 points" in str(failure.value)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "noise", "seed"), SUBSET, ids=[f"{m}-{n}-seed{s}" for m, n, s in SUBSET])
-def test_recorded_cells_reproduce(method, noise, seed, recorded_thread_count, record_property, capsys):
+def test_recorded_cells_reproduce(method, noise, seed, recorded_thread_count, record_property, capsys, tmp_path):
     import torch
 
     assert torch.get_num_threads() == recorded_thread_count
-    comparison, lines = rerun(method, noise, seed)
+    out = tmp_path / "rerun"
+    comparison, lines = rerun(method, noise, seed, out)
+    doc = compare_with_committed(out)
     for key, value in (("measured", comparison.measured), ("recorded", comparison.recorded),
                        ("allowed_half_width", comparison.half_width)):
         record_property(key, value)
     with capsys.disabled():
-        print("\n" + "\n".join(lines))
+        print("\n" + "\n".join(lines) + "\n" + doc["markdown"])
+    assert_compare_passes(doc)
     assert_within_band(comparison, lines)

@@ -127,3 +127,62 @@ def test_an_unknown_keep_rule_is_a_user_error():
     model = task.new_model()
     with pytest.raises(EchobenchError, match="keep must be"):
         train_epochs(task, model, task.new_optimizer(model.parameters()), task.generator("b"), 1, keep="best_test")
+
+
+# --- the protocol's execution fields: the last partial batch, the compiled step -------------------------
+
+def test_execution_fields_at_their_defaults_leave_the_canonical_protocol_as_it_was():
+    """Run ids hash the protocol's `to_dict`: `last_batch` and `compile` appear in it only when changed."""
+    from echobench.errors import EchobenchError
+    from echobench.training.protocols import Protocol, get_protocol
+
+    paper = get_protocol("paper").to_dict()
+    assert "last_batch" not in paper and "compile" not in paper
+    assert Protocol(**{**paper, "milestones": tuple(paper["milestones"])}) == get_protocol("paper")
+    dropped = get_protocol("paper", {"last_batch": "drop"}).to_dict()
+    assert dropped["last_batch"] == "drop" and "compile" not in dropped
+    compiled = get_protocol("paper-compiled")
+    assert (compiled.compile, compiled.last_batch) == (True, "drop") and compiled.to_dict()["compile"] is True
+    with pytest.raises(EchobenchError, match="compile: true needs last_batch: drop"):
+        get_protocol("paper", {"compile": True})
+    with pytest.raises(EchobenchError, match="last_batch must be keep or drop"):
+        get_protocol("paper", {"last_batch": "pad"})
+
+
+def test_last_batch_drop_drops_the_partial_batch_unless_it_is_the_only_one():
+    import dataclasses
+
+    from echobench.training.trainer import cross_entropy_loss
+
+    for n, last_batch, expected in ((100, "keep", 100), (100, "drop", 96), (20, "drop", 20)):
+        task = _random_task(n=n)  # batches of 32
+        task.protocol = dataclasses.replace(task.protocol, last_batch=last_batch)
+        model = task.new_model()
+        sizes = [len(y) for _, y, _ in task.batches(task.train, task.generator("b"))]
+        assert sum(sizes) == expected and (last_batch == "keep" or len(set(sizes)) == 1)
+        _, _, seen = task.train_epoch(model, task.new_optimizer(model.parameters()), task.generator("b"), cross_entropy_loss)
+        assert seen == expected
+
+
+@pytest.mark.slow  # inductor compiles the forward, backward and optimizer step: ~30 s on one CPU thread
+def test_the_compiled_step_trains_as_the_eager_step():
+    """Two epochs compiled and eager from the same seeds: the same batches, losses and weights up to float
+    rounding (fused kernels). On CPU torch.compile needs a C++ compiler."""
+    import dataclasses
+
+    from echobench.training.trainer import cross_entropy_loss
+
+    out = {}
+    for compiled in (False, True):
+        task = _random_task(n=100)
+        task.protocol = dataclasses.replace(task.protocol, last_batch="drop", compile=compiled)
+        model = task.new_model()
+        optimizer = task.new_optimizer(model.parameters())
+        generator = task.generator("batches")
+        sums = [task.train_epoch(model, optimizer, generator, cross_entropy_loss) for _ in range(2)]
+        out[compiled] = ([(float(loss), int(correct), seen) for loss, correct, seen in sums],
+                         torch.cat([p.detach().flatten() for p in model.parameters()]))
+    (eager_sums, eager_w), (comp_sums, comp_w) = out[False], out[True]
+    assert [s[1:] for s in eager_sums] == [s[1:] for s in comp_sums]
+    assert [s[0] for s in comp_sums] == pytest.approx([s[0] for s in eager_sums], rel=1e-4)
+    assert torch.allclose(comp_w, eager_w, atol=1e-5)

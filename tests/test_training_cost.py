@@ -89,3 +89,60 @@ def test_paper_dry_run_projects_every_stage_without_data(cli, tmp_path):
     assert doc["echoselect"]["v100"] > 0
     code, out, _ = cli("run", "--suite", "paper", "--dry-run", "--data-root", tmp_path)
     assert "Projected GPU-hours per stage" in out and "training: t-revision" in out and "EchoSelect" in out
+
+
+def _packed_doc(device_name="NVIDIA H100 80GB HBM3"):
+    return {"benchmark": "train-concurrent", "device": "cuda", "device_name": device_name, "rows": [
+        {"cells": 1, "compile": False, "aggregate_images_per_s": 10_000.0, "speedup_vs_solo": 1.0},
+        {"cells": 4, "compile": False, "aggregate_images_per_s": 30_000.0, "speedup_vs_solo": 3.0},
+        {"cells": 8, "compile": False, "error": "CUDA out of memory"},
+        {"cells": 8, "compile": True, "aggregate_images_per_s": 45_000.0, "speedup_vs_solo": 4.5},
+    ]}
+
+
+def test_packed_projection_from_a_committed_measurement(tmp_path):
+    import json
+
+    from echobench.reporting.dry_run import _packed_lines
+    from echobench.reporting.training_cost import forward_gflop, packed_projection
+
+    path = tmp_path / "bench_train_concurrent.json"
+    path.write_text(json.dumps(_packed_doc()))
+    total = 1e9  # GFLOP
+    doc = packed_projection(total, path)
+    per_image = 3 * forward_gflop("resnet18", 10, 32)
+    assert doc["measured"] and doc["gpu"] == "h100"
+    assert doc["one_cell"]["hours"] == pytest.approx(total / (10_000 * per_image) / 3600, rel=1e-2)
+    assert (doc["packed"]["cells_per_gpu"], doc["packed"]["compile"]) == (4, False)  # the failed row is ignored
+    assert doc["packed"]["hours"] == pytest.approx(doc["one_cell"]["hours"] / 3, rel=1e-2)
+    assert doc["packed_compiled"]["cells_per_gpu"] == 8 and "paper-compiled" in doc["packed_compiled"]["protocol"]
+    text = "\n".join(_packed_lines(doc))
+    assert "Training on one H100" in text and "4 cell(s) per GPU" in text and "3.0× one cell" in text
+
+
+def test_packed_projection_without_a_gpu_measurement_says_how_to_measure(tmp_path):
+    import json
+
+    from echobench.reporting.training_cost import packed_projection
+
+    missing = packed_projection(1e6, tmp_path / "absent.json")
+    assert not missing["measured"] and "bench train --device cuda --concurrent" in missing["note"]
+    cpu = tmp_path / "cpu.json"
+    cpu.write_text(json.dumps({**_packed_doc("AMD EPYC"), "device": "cpu"}))
+    assert not packed_projection(1e6, cpu)["measured"]
+
+
+def test_paper_dry_run_shows_the_packed_projection_or_what_it_needs(cli, tmp_path, monkeypatch):
+    import json
+
+    import echobench.reporting.training_cost as training_cost
+
+    monkeypatch.setattr(training_cost, "PACKED_MEASUREMENT", tmp_path / "absent.json")
+    code, out, _ = cli("run", "--suite", "paper", "--dry-run", "--data-root", tmp_path)
+    assert code == 0 and "several cells per GPU (--cells-per-gpu): not projected" in out
+    measured = tmp_path / "m.json"
+    measured.write_text(json.dumps(_packed_doc()))
+    monkeypatch.setattr(training_cost, "PACKED_MEASUREMENT", measured)
+    code, out, _ = cli("run", "--suite", "paper", "--dry-run", "--json", "--data-root", tmp_path)
+    packed = json.loads(out)["training"]["packed"]
+    assert packed["packed"]["hours"] < packed["one_cell"]["hours"]

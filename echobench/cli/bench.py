@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   echobench bench echoselect --n 128              # batched EchoSelect vs the released per-image loop
   echobench bench train --device cuda             # one epoch of the paper's ResNet-18 on 50,000 random CIFAR images
   echobench bench train --n 512 --device cpu --json
+  echobench bench train --device cuda --concurrent 2 4 8 --compile --json   # packed cells vs one cell alone
   echobench bench approx shapes --noise instance:0.3 --engine eager --engine-option model=tiny --variant steps=10"""
 
 
@@ -73,8 +74,14 @@ def add_parser(add) -> None:
     train.add_argument("--batch-size", type=int, help="images per step (default: the paper protocol's 128)")
     train.add_argument("--warmup-steps", type=int, default=3,
                        help="untimed steps first, plus one of the last partial batch's size (default: 3)")
+    train.add_argument("--compile", action="store_true",
+                       help="the paper-compiled protocol: the step compiled (torch.compile; CUDA graphs on GPU), the "
+                            "last partial batch dropped; compilation happens in the warm-up")
+    train.add_argument("--concurrent", type=int, nargs="+", metavar="K",
+                       help="also run K cells at once (one process each, as run --cells-per-gpu K), for each K "
+                            "given: aggregate images/s against one uncompiled cell alone, peak memory per cell")
     add_device(train)
-    add_threads(train)
+    add_threads(train, "torch CPU threads (with --concurrent: per cell; default: the cores divided among the cells)")
     train.add_argument("--seed", type=seed_arg, default=0, help="seed of the random images, labels and weights (default: 0)")
     add_json(train, "print the JSON result instead of the text")
 
@@ -188,10 +195,20 @@ def _bench_echoselect(args) -> int:
 def _bench_train(args) -> int:
     from echobench.bench.train import bench_train, format_bench_train
 
-    check_memory(max(args.n, 0) * 32 * 32 * 3, f"bench train --n {args.n}")  # the uint8 training images
+    cells = max(args.concurrent or [1])
+    check_memory(max(args.n, 0) * 32 * 32 * 3 * cells, f"bench train --n {args.n}"
+                 + (f" --concurrent {cells}" if args.concurrent else ""))  # the uint8 training images of each cell
     ctx = context(args)
+    if args.concurrent:
+        from echobench.bench.train import bench_train_concurrent, format_bench_train_concurrent
+
+        doc = bench_train_concurrent(concurrent=tuple(args.concurrent), compile=args.compile, n=args.n,
+                                     device=ctx.resolved_device, warmup_steps=args.warmup_steps,
+                                     batch_size=args.batch_size, seed=args.seed, threads=ctx.threads)
+        print(json.dumps(doc, indent=2) if args.json else format_bench_train_concurrent(doc))
+        return 1 if any("error" in r for r in doc["rows"]) else 0
     ctx.apply_threads()
     doc = bench_train(n=args.n, device=ctx.resolved_device, warmup_steps=args.warmup_steps,
-                      batch_size=args.batch_size, seed=args.seed)
+                      batch_size=args.batch_size, seed=args.seed, compile=args.compile)
     print(json.dumps(doc, indent=2) if args.json else format_bench_train(doc))
     return 0

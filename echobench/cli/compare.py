@@ -65,7 +65,7 @@ def add_parser(add) -> None:
     cmd.add_argument("--tolerance", type=_fraction, default=0.10, metavar="FRACTION",
                      help="runtime: how much worse a row may be before it regresses, 0.10 = 10%% (default: 0.10)")
     cmd.add_argument("--only-common", action="store_true",
-                     help="leave out rows present on one side only (counted, not listed): for a candidate that "
+                     help="leave out rows present on one side only (counted, not listed in the Markdown): for a candidate that "
                           "re-ran a subset of the baseline's experiments")
     cmd.add_argument("--fail-on-missing", action="store_true",
                      help="exit 1 also when a baseline row has no result in the candidate (an experiment dropped or failed)")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from echobench.cli.options import add_json
+from echobench.cli.options import add_include, add_json
 
 EXAMPLES = """examples:
   echobench ls methods
-  echobench ls suites"""
+  echobench ls suites
+  echobench ls methods --include examples/gce.py   # with a plugin's names (and where each comes from)"""
 
 KINDS = ["datasets", "noises", "methods", "selectors", "suites", "protocols", "models", "engines", "extractors", "gpus"]
 
@@ -18,9 +19,14 @@ def add_parser(add) -> None:
                    "extractors or gpus.", EXAMPLES, cmd_ls)
     ls.add_argument("what", choices=KINDS)
     add_json(ls)
+    add_include(ls)
 
 
 def cmd_ls(args) -> int:
+    if args.include:
+        from echobench.harness.context import RunContext
+
+        RunContext.resolve(includes=args.include).load_plugins()
     from echobench.data import DATASETS
     from echobench.echoalign.echomod import ENGINES
     from echobench.echoalign.features import EXTRACTORS
@@ -39,8 +45,11 @@ def cmd_ls(args) -> int:
     details = {n: load_suite(n).description for n in names} if args.what == "suites" else {}
     if args.what == "gpus":
         details = {n: f"{GPUS.get(n).peak_tflops:g} TFLOP/s dense {GPUS.get(n).precision}: {GPUS.get(n).name}" for n in names}
+    sources = {n: registry.source(n).label for n in names if registry.source(n) is not None}  # plugins: from where
+    details.update({n: f"[{sources[n]}]" for n in sources if n not in details})
     if args.json:
-        print(json.dumps([{"name": n, **({"description": details[n]} if n in details else {})} for n in names], indent=2))
+        print(json.dumps([{"name": n, **({"description": details[n]} if n in details and n not in sources else {}),
+                           **({"source": sources[n]} if n in sources else {})} for n in names], indent=2))
     else:
         for n in names:
             print(f"{n:12s} {details.get(n, '')}".rstrip())

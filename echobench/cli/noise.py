@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from echobench.cli.options import add_json, add_paths, context, seed_arg
+from echobench.cli.options import add_include, add_json, add_paths, context, seed_arg
 
 EXAMPLES = """examples:
   echobench noise shapes --kind instance --rate 0.3 --seed 1
@@ -22,12 +22,14 @@ def add_parser(add) -> None:
     noise.add_argument("--labels-file", help="a local CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt)")
     add_paths(noise, cache=False)
     add_json(noise)
+    add_include(noise)
 
 
 def cmd_noise(args) -> int:
     from echobench.data.noise_report import format_noise_report, noise_report
 
+    ctx = context(args)  # before the names are read: --include may add the dataset or the noise kind
     doc = noise_report(args.dataset, args.kind, args.rate, args.seed, labels_file=args.labels_file,
-                       data_root=context(args).data_root)
+                       data_root=ctx.data_root)
     print(json.dumps(doc, indent=2) if args.json else format_noise_report(doc))
     return 0

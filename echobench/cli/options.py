@@ -40,11 +40,22 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_include(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include", action="append", default=[], metavar="PATH",
+                        help="import a plugin: a .py file or a folder of them whose register_method, register_dataset, "
+                             "register_noise, register_selector or register_engine decorators add names "
+                             "(repeatable; docs/plugin-api.md)")
+
+
 def context(args: argparse.Namespace) -> RunContext:
-    """The run context of a parsed command line (options a command does not have take their defaults)."""
-    return RunContext.resolve(device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None),
-                              data_root=getattr(args, "data_root", None), cache_dir=getattr(args, "cache_dir", None),
-                              progress=not getattr(args, "no_progress", False), force=getattr(args, "force", False))
+    """The run context of a parsed command line (options a command does not have take their defaults);
+    the plugins of `--include` are imported here, so every name a command reads afterwards can be theirs."""
+    ctx = RunContext.resolve(device=getattr(args, "device", "auto"), threads=getattr(args, "threads", None),
+                             data_root=getattr(args, "data_root", None), cache_dir=getattr(args, "cache_dir", None),
+                             progress=not getattr(args, "no_progress", False), force=getattr(args, "force", False),
+                             includes=getattr(args, "include", None) or ())
+    ctx.load_plugins()
+    return ctx
 
 
 def key_values(items: list[str], what: str) -> dict:
@@ -76,6 +87,7 @@ def add_setting(cmd: argparse.ArgumentParser) -> None:
     add_device(cmd)
     add_paths(cmd)
     add_json(cmd)
+    add_include(cmd)
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

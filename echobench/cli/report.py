@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from echobench.checks import check_output_folder
-from echobench.cli.options import add_json
+from echobench.cli.options import add_include, add_json, context
 from echobench.errors import EchobenchError
 
 EXAMPLES = """examples:
@@ -31,9 +31,12 @@ def add_parser(add) -> None:
                              "projections, plus the measurements in these files (schema: echobench/reporting/runtime.py)")
     report.add_argument("--out", help="where --runtime writes runtime.md and runtime.json (default: runs/runtime)")
     add_json(report, "print the JSON report instead of Markdown")
+    add_include(report)
 
 
 def cmd_report(args) -> int:
+    if args.include:
+        context(args)  # imports the plugins: a plugin noise kind must be known to order the columns
     if args.runtime is not None:
         return _runtime_report(args)
     if args.dir is None:

@@ -43,13 +43,24 @@ class Dataset:
         return len(self.class_names)
 
 
+def check_callable(obj, name: str, source) -> None:
+    """A plugin's dataset loader, noise kind or selector must be a function (or another callable)."""
+    if not callable(obj):
+        raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: {name!r} is {obj!r}, not a function")
+
+
 # A loader is called as loader(root: Path, **options) -> Dataset.
-DATASETS: Registry = Registry("dataset")
+DATASETS: Registry = Registry("dataset", check=check_callable)
 DATASETS.add("shapes", "echobench.data.shapes:load_shapes")
 DATASETS.add("cifar10", "echobench.data.cifar:load_cifar10")
 DATASETS.add("cifar100", "echobench.data.cifar:load_cifar100")
 DATASETS.add("cifar10n", "echobench.data.cifar_n:load_cifar10n")
 DATASETS.add("cifar100n", "echobench.data.cifar_n:load_cifar100n")
+
+
+def register_dataset(name: str):
+    """Decorator: register a dataset loader `loader(root: Path, **options) -> Dataset` (a plugin's too)."""
+    return DATASETS.register(name)
 
 
 def check_dataset_options(name: str, options: dict[str, Any]) -> None:

@@ -39,6 +39,23 @@ class Modifier(Protocol):
         """Modified uint8 images (same shape as `images`), one per (image, target label, seed)."""
 
 
+def register_engine(name: str):
+    """Decorator: register an EchoMod engine's settings class (an `echobench.engines.options.EngineSettings`
+    dataclass; see engines/registry.py) under `name` (a plugin's too)."""
+    return ENGINES.register(name)
+
+
+def _check_engine(obj, name: str, source) -> None:
+    from echobench.engines.options import EngineSettings
+
+    if not (isinstance(obj, type) and issubclass(obj, EngineSettings)):
+        raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: engine {name!r} is {obj!r}, not a subclass "
+                             f"of echobench.engines.options.EngineSettings")
+
+
+ENGINES.check = ENGINES.check or _check_engine  # the engine registry lives in engines/registry.py
+
+
 def default_engine(dataset: str) -> str:
     """`shapes` has a procedural engine that needs no download; real datasets use diffusion."""
     return "procedural" if dataset == "shapes" else "eager"

@@ -48,10 +48,59 @@ def error_message(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EchobenchError) else f"{type(exc).__name__}: {exc}"
 
 
+def names_used(spec: CellSpec) -> list[tuple[str, str]]:
+    """The registered (kind, name) pairs a cell uses: its method, dataset, noise kind, selectors, engines."""
+    d = spec.to_dict()
+    used = [("dataset", d["dataset"])] if "dataset" in d else []
+    if "noise" in d:
+        used.append(("noise", str(d["noise"]).partition(":")[0]))
+    if spec.kind == "train":
+        used.append(("method", d["method"]))
+        engine = (d.get("method_params") or {}).get("engine")
+    elif spec.kind == "selection":
+        used += [("selector", name) for name in d.get("peers") or {}]
+        engine = (d.get("params") or {}).get("engine")
+    else:
+        engine = None
+        used += [("engine", str(row).partition("[")[0]) for row in d.get("engines") or []]
+    if isinstance(engine, str) and engine:
+        used.append(("engine", engine))
+    return used
+
+
+def plugin_provenance(spec: CellSpec) -> dict[str, dict]:
+    """"KIND NAME" → {source, version, digest} of each plugin whose name the cell uses (empty for a cell
+    of echobench's own names). Recorded in config.json's environment: provenance, not identity."""
+    from echobench.data import DATASETS
+    from echobench.data.noise import NOISES
+    from echobench.engines.registry import ENGINES
+    from echobench.training.method import METHODS
+    from echobench.training.selectors import SELECTORS
+
+    registries = {"method": METHODS, "dataset": DATASETS, "noise": NOISES, "selector": SELECTORS, "engine": ENGINES}
+    out = {}
+    for kind, name in names_used(spec):
+        registry = registries[kind]
+        source = registry.source(name) if name in registry or ":" in name else None
+        if source is None and kind == "method" and ":" in name:
+            registry.get(name)  # a `module:Class` method: imported here to know its files
+            source = registry.source(name)
+        if source is not None:
+            out[f"{kind} {name}"] = source.provenance(registry.get(name))
+    return out
+
+
+def cell_environment(env: dict, spec: CellSpec) -> dict:
+    """`env` (`echobench.environment.environment`) with the cell's plugins (`plugin_provenance`), if any."""
+    plugins = plugin_provenance(spec)
+    return {**env, "plugins": plugins} if plugins else env
+
+
 def cell_config(spec: CellSpec, suite_name: str, env: dict, executor: dict | None = None) -> dict[str, Any]:
-    """config.json of a cell: its spec and what ran it (training cells carry no "kind": kind train)."""
+    """config.json of a cell: its spec and what ran it (training cells carry no "kind": kind train), with
+    the plugins it uses among the environment (`cell_environment`)."""
     config = {"schema": SCHEMA, "run_id": spec.run_id, "suite": suite_name, **({"kind": spec.kind} if spec.kind != "train" else {}),
-              "spec": spec.to_dict(), "environment": env}
+              "spec": spec.to_dict(), "environment": cell_environment(env, spec)}
     if executor:
         config["executor"] = executor
     return config

@@ -1,10 +1,13 @@
-"""The run context: paths, device, threads, progress and force, resolved once and passed as one value.
+"""The run context: paths, device, threads, progress, force and plugins, resolved once and passed as one value.
 
 The command line (or a test, or a worker process) resolves a `RunContext` once, from its flags and
 the environment (read in one place, `echobench.paths`). Every function below the command line takes
 the context (or the plain values in it), never an environment variable, so a local worker process or
 a Ray task computes exactly what the driver asked for: the context travels to them as one dict
-(`to_dict` / `from_dict`).
+(`to_dict` / `from_dict`). `includes` are the plugin files and folders (`--include`, a suite's
+`include:`; absolute paths): every process that computes cells imports them (`load_plugins`) before
+it resolves a name, so a plugin's method, dataset, noise kind, selector or engine exists in local
+worker processes and Ray tasks as it does in the driver.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ class RunContext:
     threads: int | None = None  # torch intra-op threads of each computing process (None: torch's default)
     progress: bool = False
     force: bool = False
+    includes: tuple[str, ...] = ()  # plugin files and folders, absolute (`echobench.plugins`)
 
     @classmethod
     def resolve(cls, *, device: str = "auto", threads: int | None = None, data_root: str | os.PathLike | None = None,
                 cache_dir: str | os.PathLike | None = None, progress: bool = False, force: bool = False,
-                environ: Mapping[str, str] | None = None) -> "RunContext":
-        """Flags first, then the environment variables, then the defaults; bad values are refused here."""
+                includes: tuple[str, ...] | list[str] = (), environ: Mapping[str, str] | None = None) -> "RunContext":
+        """Flags first, then the environment variables, then the defaults; bad values are refused here.
+        `includes` (relative to the working directory) must exist; they are imported by `load_plugins`."""
+        from echobench.plugins import resolve_includes
+
         check_threads(threads)
+        includes = resolve_includes(includes or ())
         data = paths.data_root(data_root, environ)
         cache = paths.echomod_cache(cache_dir, data, environ)
         for label, path in (("--data-root", data), ("--cache-dir", cache)):
@@ -48,7 +56,7 @@ class RunContext:
             if is_file:
                 raise EchobenchError(f"{label} {path} is a file, not a directory; choose a directory")
         return cls(data_root=str(data), cache_dir=str(cache), device=str(device), threads=threads,
-                   progress=bool(progress), force=bool(force))
+                   progress=bool(progress), force=bool(force), includes=includes)
 
     @property
     def resolved_device(self) -> str:
@@ -66,12 +74,28 @@ class RunContext:
 
             torch.set_num_threads(int(self.threads))
 
+    def with_includes(self, includes) -> "RunContext":
+        """The context with `includes` (absolute paths) added after its own, each once."""
+        return self.replace(includes=tuple(dict.fromkeys([*self.includes, *includes])))
+
+    def load_plugins(self) -> None:
+        """Import the plugin files of `includes` in this process (once each; see `echobench.plugins`)."""
+        if self.includes:
+            from echobench.plugins import load_includes
+
+            load_includes(self.includes)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["includes"] = list(self.includes)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunContext":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        if "includes" in values:
+            values["includes"] = tuple(values["includes"] or ())
+        return cls(**values)
 
 
 def check_threads(threads: int | None) -> None:

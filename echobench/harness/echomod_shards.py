@@ -21,14 +21,16 @@ so it generates exactly the pairs the cells will look up.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from echobench.harness.context import RunContext
-from echobench.harness.suite import RunSpec
+from echobench.harness.suite import RunSpec, RuntimeSpec, SelectionSpec
 from echobench.training.method import uses_echomod
 
 
@@ -127,3 +129,47 @@ def generate_shard(group: GenerationGroup, shard: tuple[int, int], ctx: RunConte
         doc.update(new=stats.generated, from_cache=stats.cached)
     doc["seconds"] = round(time.perf_counter() - started, 3)
     return doc
+
+
+def generation_spec(spec) -> RunSpec | None:
+    """The training cell whose EchoMod pairs a cell needs: itself, or for a selection cell `echoalign` on
+    its setting with its generator's settings (engine, options, base seed, batch); None for a runtime cell."""
+    if isinstance(spec, RuntimeSpec):
+        return None
+    if not isinstance(spec, SelectionSpec):
+        return spec
+    setting = spec.setting_spec()
+    generator = {k: spec.params[k] for k in ("engine", "engine_options", "base_seed", "generation_batch_size")
+                 if spec.params.get(k) is not None}
+    return RunSpec(setting.dataset, setting.dataset_options, setting.noise, setting.method, generator, setting.seed,
+                   setting.protocol)
+
+
+def check_cache_writable(cells: list, ctx: RunContext) -> None:
+    """Before a run: a read-only EchoMod cache is fine while it holds every pair the cells need; when
+    pairs are missing, one line now instead of the same failure in every EchoAlign cell. Looks pairs up
+    only when the cache cannot be written (the common case costs one probe file)."""
+    from echobench.echoalign.cache import cache_for
+    from echobench.echoalign.echomod import make_modifier, modifier_config
+    from echobench.files import create_temporary
+    from echobench.harness.train_cell import get_dataset
+
+    root = Path(ctx.cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = create_temporary(root / ".probe")
+        os.close(fd)
+        os.unlink(probe)
+        return
+    except OSError:
+        pass
+    for group in generation_groups([g for g in map(generation_spec, cells) if g is not None]):
+        data = get_dataset(group.dataset, group.dataset_options, ctx.data_root)
+        indices, labels = group_pairs(group, data)
+        names, size = list(data.class_names), int(data.train_images.shape[1])
+        key = (modifier_config(group.engine, group.dataset, names, size, group.engine_options, ctx.resolved_device)
+               or make_modifier(group.engine, group.dataset, names, size, group.engine_options, "cpu").config())
+        cache = cache_for(key, group.dataset, group.dataset_options, base_seed=group.base_seed, root=ctx.cache_dir)
+        _, found = cache.lookup(indices, labels)
+        if not found.all():
+            cache.check_writable(int((~found).sum()))

@@ -33,7 +33,13 @@ class Executor(abc.ABC):
 
 
 class InlineExecutor(Executor):
-    """One cell after another in this process, with a progress bar per cell's epochs on a terminal."""
+    """One cell after another in this process, with a progress bar per cell's epochs on a terminal.
+
+    `provenance` (e.g. `--cells-per-gpu 1`'s packing factor) goes into each cell's config.json as its
+    `executor`; without it nothing is recorded there, as before."""
+
+    def __init__(self, provenance: dict | None = None):
+        self.provenance = provenance
 
     def describe(self, ctx: RunContext) -> str:
         return ctx.resolved_device
@@ -58,7 +64,8 @@ class InlineExecutor(Executor):
                 epochs.set_postfix(test=f"{r.test_acc:.3f}", val=f"{r.val_acc:.3f}")
 
             try:
-                status, message = compute_cell(store, suite_name, spec, env, ctx, on_epoch=on_epoch)
+                status, message = compute_cell(store, suite_name, spec, env, ctx, on_epoch=on_epoch,
+                                               executor={"name": "inline", **self.provenance} if self.provenance else None)
             finally:
                 epochs.close()
             yield spec, status, message

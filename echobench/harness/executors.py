@@ -11,6 +11,9 @@ lock, in the same results store), whatever runs it:
 - `RayExecutor` (`echobench.harness.ray_tasks`): one Ray task per cell on a cluster
   (`--address auto|HOST:PORT`) or on a Ray instance started for the run (`--address local`).
 
+`--cells-per-gpu K` packs K cells onto each GPU (K local workers per GPU, or Ray tasks of 1/K GPU);
+`auto` measures K from the pending cells (`echobench.harness.packing`, `AutoPackedLocal` here).
+
 Runtime cells (Tables 6, 7) always run last and inline, with the device to themselves.
 """
 
@@ -29,8 +32,16 @@ MAX_WORKERS_PER_CORE = 4  # as --threads: more worker processes than that is a t
 EXECUTORS = ("local", "ray")
 
 
-def check_executor_args(executor: str, workers: int | None, address: str | None) -> None:
-    """Refuse inconsistent executor options before anything is loaded or written."""
+def check_executor_args(executor: str, workers: int | None, address: str | None,
+                        cells_per_gpu: int | str | None = None) -> int | str | None:
+    """Refuse inconsistent executor options before anything is loaded or written; returns
+    `cells_per_gpu` parsed (an integer, "auto" or None)."""
+    from echobench.harness.packing import parse_cells_per_gpu
+
+    cells_per_gpu = parse_cells_per_gpu(cells_per_gpu)
+    if cells_per_gpu == "auto" and workers is not None:
+        raise EchobenchError(f"--workers {workers} contradicts --cells-per-gpu auto, which chooses the number of "
+                             f"workers (visible GPUs × the measured K): leave one of them out")
     if executor not in EXECUTORS:
         raise EchobenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
@@ -48,16 +59,57 @@ def check_executor_args(executor: str, workers: int | None, address: str | None)
             raise EchobenchError("--address must be auto, local, HOST:PORT or ray://HOST:PORT")
         if importlib.util.find_spec("ray") is None:  # before anything is written
             raise EchobenchError(f"the ray executor needs Ray, which is not installed: {RAY_INSTALL}")
+    return cells_per_gpu
 
 
-def make_executor(name: str, ctx: RunContext, *, workers: int | None = None, address: str | None = None) -> Executor:
+def make_executor(name: str, ctx: RunContext, *, workers: int | None = None, address: str | None = None,
+                  cells_per_gpu: int | str | None = None) -> Executor:
     """The executor `echobench run --executor NAME` names, its options checked before anything is written."""
-    check_executor_args(name, workers, address)
+    cells_per_gpu = check_executor_args(name, workers, address, cells_per_gpu)
     if name == "ray":
         from echobench.harness.ray_tasks import RayExecutor
 
-        return RayExecutor(address or "auto")
+        return RayExecutor(address or "auto", cells_per_gpu=cells_per_gpu)
+    if cells_per_gpu == "auto":
+        ctx.resolved_device  # an unknown or absent device is refused now, not after the probe
+        return AutoPackedLocal(workers=None)
     from echobench.harness.local_workers import LocalWorkers, local_plan
+    from echobench.harness.packing import Packing
 
-    plan = local_plan(ctx, workers)
-    return InlineExecutor() if plan.workers == 1 else LocalWorkers(plan)
+    plan = local_plan(ctx, workers, cells_per_gpu)
+    packing = Packing(cells_per_gpu, "given") if cells_per_gpu is not None else None
+    return local_executor(plan, packing)
+
+
+def local_executor(plan, packing=None) -> Executor:
+    """The local executor of `plan` (`local_workers.LocalPlan`): inline for one worker, else worker processes."""
+    from echobench.harness.local_workers import LocalWorkers
+
+    if plan.workers == 1:
+        return InlineExecutor(packing.provenance() if packing is not None else None)
+    return LocalWorkers(plan, packing)
+
+
+class AutoPackedLocal(Executor):
+    """`--cells-per-gpu auto` on the local executor: K measured from the pending cells
+    (`packing.choose_cells_per_gpu`), then the plan of `local_plan(ctx, None, K)`. `choose` is
+    injectable (tests: stand-in memory probes)."""
+
+    def __init__(self, workers: int | None = None, choose=None):
+        self.workers = workers
+        self.choose = choose
+        self.inner: Executor | None = None
+
+    def describe(self, ctx: RunContext) -> str:
+        return self.inner.describe(ctx) if self.inner is not None else f"{ctx.resolved_device} (cells per GPU: auto)"
+
+    def map(self, store, suite_name, cells, ctx):
+        from echobench.harness.local_workers import local_plan
+        from echobench.harness.packing import choose_cells_per_gpu
+
+        if not cells:
+            return
+        choose = self.choose or choose_cells_per_gpu
+        packing = choose(cells, ctx.resolved_device, data_root=ctx.data_root)
+        self.inner = local_executor(local_plan(ctx, self.workers, packing.cells_per_gpu), packing)
+        yield from self.inner.map(store, suite_name, cells, ctx)

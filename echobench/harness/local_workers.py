@@ -3,7 +3,8 @@
 The driver (`LocalWorkers.map`) starts N copies of `python -m echobench.harness.local_workers`, each with its own
 environment: CUDA_VISIBLE_DEVICES set to one GPU (so the worker's `cuda` is that GPU: the variable is
 read when torch initialises CUDA, and the worker is a fresh process, so it is set before) or, on CPU,
-OMP_NUM_THREADS and torch's thread count set to `--threads`. The driver hands each idle worker the
+OMP_NUM_THREADS and torch's thread count set to `--threads`. Each worker imports the run context's
+plugin files (`--include`, a suite's `include:`) before its first cell. The driver hands each idle worker the
 next pending cell over its stdin (one JSON line) and reads one JSON line back per cell on the
 worker's stdout; the worker computes the cell with `echobench.harness.cells.compute_cell`, i.e.
 under the cell's lock in the same results store as every other executor, so a second runner on the
@@ -51,12 +52,14 @@ class LocalPlan:
     device: str  # the device inside each worker: cpu, cuda or cuda:N (in-process only)
     gpus: tuple[str | None, ...]  # CUDA_VISIBLE_DEVICES of each worker (None: not pinned, CPU)
     threads: int | None  # torch threads of each worker (None: torch's default, in-process only)
+    cells_per_gpu: int | None = None  # --cells-per-gpu (None: not given); provenance, never identity
 
     def describe(self) -> str:
         if self.workers == 1:
             return self.device
+        packed = f", {self.cells_per_gpu} cells per GPU" if self.cells_per_gpu else ""
         if self.gpus[0] is not None:
-            return f"{self.workers} workers on GPUs {','.join(dict.fromkeys(g for g in self.gpus if g is not None))}"
+            return f"{self.workers} workers on GPUs {','.join(dict.fromkeys(g for g in self.gpus if g is not None))}{packed}"
         return f"{self.workers} workers on cpu, {self.threads} thread(s) each"
 
 
@@ -77,14 +80,20 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def local_plan(ctx: RunContext, workers: int | None = None) -> LocalPlan:
+def local_plan(ctx: RunContext, workers: int | None = None, cells_per_gpu: int | None = None) -> LocalPlan:
     """Resolve the context's device and threads and `--workers` for the local executor.
 
     GPU workers are pinned round-robin over the visible GPUs (more workers than GPUs share them).
     CPU workers get `ctx.threads` torch threads each, by default the machine's cores divided among them.
+
+    `cells_per_gpu` K (`--cells-per-gpu`, resolved from `auto` by `echobench.harness.packing`): K
+    workers per visible GPU (per the one GPU that --device cuda:N names; on CPU, K workers on the
+    host), so `--workers` defaults to GPUs × K and a `workers` that says otherwise is an error.
     """
     resolved, threads = ctx.resolved_device, ctx.threads
     gpus = visible_gpus() if resolved.startswith("cuda") else []
+    if cells_per_gpu is not None:
+        return _packed_plan(resolved, threads, gpus, workers, cells_per_gpu)
     if workers is None:
         workers = len(gpus) if resolved == "cuda" and gpus else 1
     if workers == 1:
@@ -96,6 +105,33 @@ def local_plan(ctx: RunContext, workers: int | None = None) -> LocalPlan:
         return LocalPlan(workers, "cuda", tuple(gpus[k % len(gpus)] for k in range(workers)), threads)
     per_worker = threads if threads is not None else max(1, (os.cpu_count() or 1) // workers)
     return LocalPlan(workers, "cpu", (None,) * workers, per_worker)
+
+
+def _packed_plan(resolved: str, threads: int | None, gpus: list[str], workers: int | None, k: int) -> LocalPlan:
+    if resolved.startswith("cuda:"):
+        index = int(resolved.split(":", 1)[1])
+        if index >= len(gpus):
+            raise EchobenchError(f"--device {resolved}: only {len(gpus)} GPU(s) are visible")
+        pinned, where = [gpus[index]], f"the one GPU --device {resolved} names"
+    elif resolved == "cuda":
+        if not gpus:
+            raise EchobenchError("--device cuda, but no GPU is visible to torch")
+        pinned, where = gpus, f"{len(gpus)} visible GPU(s)"
+    else:
+        pinned, where = [], "the CPU (one device)"
+    expected = max(1, len(pinned)) * k
+    if workers is not None and workers != expected:
+        raise EchobenchError(f"--workers {workers} contradicts --cells-per-gpu {k}: {where} × {k} = {expected} "
+                             f"worker(s); leave --workers out (it defaults to {expected})")
+    if pinned:
+        gpu_of = tuple(pinned[w % len(pinned)] for w in range(expected))  # K workers on each GPU
+        if expected == 1:
+            return LocalPlan(1, resolved, (None,), threads, k)
+        return LocalPlan(expected, "cuda", gpu_of, threads, k)
+    if expected == 1:
+        return LocalPlan(1, resolved, (None,), threads, k)
+    per_worker = threads if threads is not None else max(1, (os.cpu_count() or 1) // expected)
+    return LocalPlan(expected, "cpu", (None,) * expected, per_worker, k)
 
 
 @dataclass
@@ -149,8 +185,9 @@ def _describe_exit(code: int | None) -> str:
 class LocalWorkers(Executor):
     """`plan.workers` worker processes on this machine; see the module docstring."""
 
-    def __init__(self, plan: LocalPlan):
+    def __init__(self, plan: LocalPlan, packing=None):
         self.plan = plan
+        self.packing = packing  # echobench.harness.packing.Packing (provenance), or None
 
     def describe(self, ctx: RunContext) -> str:
         return self.plan.describe()
@@ -159,7 +196,8 @@ class LocalWorkers(Executor):
         plan = self.plan
         queue = deque(cells)
         job = {"out": str(store.root), "suite": suite_name, "workers": plan.workers, "parent": os.getpid(),
-               "context": ctx.replace(device=plan.device, threads=plan.threads, progress=False).to_dict()}
+               "context": ctx.replace(device=plan.device, threads=plan.threads, progress=False).to_dict(),
+               "packing": self.packing.provenance() if self.packing is not None else {}}
         workers: list[_Worker] = []
         selector = selectors.DefaultSelector()
         try:
@@ -277,10 +315,15 @@ def worker_main() -> int:
 
     ctx = RunContext.from_dict(job["context"])
     ctx.apply_threads()
+    try:
+        ctx.load_plugins()  # the run's --include files: their names exist here as in the driver
+    except EchobenchError as exc:  # the driver stops the run with this one line
+        protocol.write(json.dumps({"status": "failed", "error": str(exc), "fatal": True}) + "\n")
+        return 1
     store = Store(job["out"])
     env = environment(ctx.device)
     executor = {"name": "local", "worker": job["worker"], "workers": job["workers"], "pid": os.getpid(),
-                "cuda_visible_devices": job["cuda_visible_devices"], "threads": ctx.threads}
+                "cuda_visible_devices": job["cuda_visible_devices"], "threads": ctx.threads, **job.get("packing", {})}
     spec_types = {"train": RunSpec, "selection": SelectionSpec, "runtime": RuntimeSpec}
     for line in sys.stdin:
         if not line.strip():

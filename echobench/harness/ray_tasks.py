@@ -20,8 +20,12 @@ What runs where:
 3. Resources (https://docs.ray.io/en/latest/ray-core/scheduling/accelerators.html): with GPUs in the
    cluster (and --device auto or cuda) every task asks for num_gpus=1, and Ray sets the task's
    CUDA_VISIBLE_DEVICES to the GPU it was given, so the task's `cuda` is that GPU; without, each task
-   asks for num_cpus=--threads (default 1) and runs that many torch threads. The run context
-   (`echobench.harness.context.RunContext`) travels to every task as one dict.
+   asks for num_cpus=--threads (default 1) and runs that many torch threads. `--cells-per-gpu K` asks
+   for num_gpus=1/K instead (Ray's fractional GPUs: K tasks share each GPU; `auto` measures K in one
+   task of a whole GPU first, `echobench.harness.packing`); it needs GPUs in the cluster. The run context
+   (`echobench.harness.context.RunContext`) travels to every task as one dict; each task imports the
+   context's plugin files (`--include`, a suite's `include:`) before it resolves a name, so the files
+   must sit at the same paths on every node (as the datasets do).
 4. Results. The driver holds each cell's lock (the same `flock` as every runner) while its task
    runs, writes config.json when it submits the task (unless an older result is kept until the new one
    replaces it: `cells.prepare_cell`), and writes result.json (or error.json) from
@@ -84,8 +88,9 @@ def _connect(ray, address: str) -> bool:
     return True
 
 
-def _task_resources(ray, device: str, threads: int | None) -> tuple[str, dict[str, Any], int]:
-    """(device kind inside a task: cuda or cpu, Ray resource options per task, cells at once)."""
+def _task_resources(ray, device: str, threads: int | None, cells_per_gpu: int | None = None) -> tuple[str, dict[str, Any], int]:
+    """(device kind inside a task: cuda or cpu, Ray resource options per task, cells at once).
+    `cells_per_gpu` K: num_gpus=1/K per task, so K tasks share each GPU."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     per_task_cpus = threads or 1
@@ -96,8 +101,12 @@ def _task_resources(ray, device: str, threads: int | None) -> tuple[str, dict[st
         raise EchobenchError(f"device {device!r} is not one of auto, cpu, cuda")
     if device == "cuda" and gpus == 0:
         raise EchobenchError("--device cuda, but the Ray cluster has no GPU; use --device auto or cpu")
+    if cells_per_gpu is not None and (gpus == 0 or device == "cpu"):
+        raise EchobenchError(f"--cells-per-gpu {cells_per_gpu} with --executor ray needs GPUs in the Ray cluster "
+                             f"(and --device auto or cuda); on CPU, --threads sets each task's share")
     if gpus > 0 and device != "cpu":
-        return "cuda", {"num_gpus": 1, "num_cpus": per_task_cpus}, gpus
+        k = cells_per_gpu or 1
+        return "cuda", {"num_gpus": 1 / k if k > 1 else 1, "num_cpus": per_task_cpus}, gpus * k
     if cpus < per_task_cpus:
         raise EchobenchError(f"--threads {per_task_cpus} asks for more CPUs per task than the Ray cluster has ({cpus})")
     return "cpu", {"num_cpus": per_task_cpus}, max(1, cpus // per_task_cpus)
@@ -111,6 +120,7 @@ def shard_task(group, shard: tuple[int, int], ctx_dict: dict) -> dict[str, Any]:
 
     ctx = RunContext.from_dict(ctx_dict)
     ctx.apply_threads()
+    ctx.load_plugins()  # a plugin engine or dataset exists in this task as in the driver
     return generate_shard(group, shard, ctx)
 
 
@@ -125,7 +135,7 @@ def cell_task(spec_dict: dict, kind: str, ctx_dict: dict, *generated: dict) -> d
     import tempfile
 
     from echobench.environment import environment
-    from echobench.harness.cells import compute
+    from echobench.harness.cells import cell_environment, compute
     from echobench.harness.selection_cell import selection_files
 
     ctx = RunContext.from_dict(ctx_dict)
@@ -133,11 +143,21 @@ def cell_task(spec_dict: dict, kind: str, ctx_dict: dict, *generated: dict) -> d
     spec = {"train": RunSpec, "selection": SelectionSpec, "runtime": RuntimeSpec}[kind].from_dict(spec_dict)
     reported = {"environment": environment(ctx.device), "host": platform.node(), "pid": os.getpid()}
     try:
+        ctx.load_plugins()  # the run's --include files: their names exist in this task as in the driver
+        reported["environment"] = cell_environment(reported["environment"], spec)
         with tempfile.TemporaryDirectory(prefix="echobench-cell-") as scratch:
             result = compute(spec, ctx, Path(scratch))
             return {"result": result, "files": selection_files(Path(scratch)), **reported}
     except Exception as exc:
         return {"error": error_message(exc), "traceback": traceback.format_exc(), **reported}
+
+
+def packing_task(cells: list, data_root: str | None) -> dict[str, Any]:
+    """`--cells-per-gpu auto` on a GPU of the cluster: K measured from the cells (a whole GPU to itself)."""
+    from echobench.harness.packing import choose_cells_per_gpu
+
+    packing = choose_cells_per_gpu(cells, "cuda", data_root=data_root)
+    return {"cells_per_gpu": packing.cells_per_gpu, "source": packing.source, "facts": packing.facts}
 
 
 # --- the driver ----------------------------------------------------------------------------------------
@@ -152,8 +172,9 @@ def _failure_message(ray, exc: BaseException) -> str:
 class RayExecutor(Executor):
     """One Ray task per pending cell; the driver holds each cell's lock and files what its task returns."""
 
-    def __init__(self, address: str = "auto"):
+    def __init__(self, address: str = "auto", cells_per_gpu: int | str | None = None):
         self.address = address
+        self.cells_per_gpu = cells_per_gpu  # K, "auto" or None
         self._description = "ray"
 
     def describe(self, ctx: RunContext) -> str:
@@ -161,7 +182,7 @@ class RayExecutor(Executor):
 
     def map(self, store: Store, suite_name: str, cells: list[CellSpec], ctx: RunContext) -> Iterator[Outcome]:
         from echobench.environment import environment
-        from echobench.harness.echomod_shards import generation_groups, group_key_of
+        from echobench.harness.echomod_shards import generation_groups, generation_spec, group_key_of
 
         if not cells:
             return
@@ -170,19 +191,29 @@ class RayExecutor(Executor):
         in_flight: dict[Any, tuple[CellSpec, contextlib.ExitStack, dict]] = {}
         generation: list = []
         try:
-            kind, options, slots = _task_resources(ray, ctx.device, ctx.threads)
-            self._description = f"ray ({slots} {'GPU' if kind == 'cuda' else 'CPU'} task(s) at once)"
+            k, packing = self.cells_per_gpu, {}
+            if k == "auto":
+                _task_resources(ray, ctx.device, ctx.threads, 1)  # GPUs in the cluster, or a message
+                measured = ray.get(ray.remote(packing_task).options(num_gpus=1).remote(
+                    [c for c in cells if c.kind != "runtime"], ctx.data_root))
+                k = measured["cells_per_gpu"]
+                packing = {"cells_per_gpu_source": "auto", "packing": measured["facts"]}
+            kind, options, slots = _task_resources(ray, ctx.device, ctx.threads, k)
+            if k is not None:
+                packing = {"cells_per_gpu": k, "cells_per_gpu_source": "given", **packing}
+            self._description = (f"ray ({slots} {'GPU' if kind == 'cuda' else 'CPU'} task(s) at once"
+                                 + (f", {k} per GPU)" if k is not None else ")"))
             task_ctx = ctx.replace(device=kind, progress=False).to_dict()
             remote_shard = ray.remote(shard_task).options(**options)
             remote_cell = ray.remote(cell_task).options(**options)
             shard_refs: dict[str, list] = {}
             # a selection cell's pairs are those of `echoalign` on its setting: generated by the same shards
-            for group in generation_groups([g for g in map(_generation_spec, cells) if g is not None]):
+            for group in generation_groups([g for g in map(generation_spec, cells) if g is not None]):
                 shard_refs[group.key] = [remote_shard.remote(group, (i, slots), task_ctx) for i in range(slots)]
                 generation.extend(shard_refs[group.key])
             driver_env = environment("cpu")
             executor = {"name": "ray", "address": self.address if started_here else "connected before the run",
-                        "task_device": kind, "task_resources": options}
+                        "task_device": kind, "task_resources": options, **packing}
             queue = iter(cells)
 
             def submit_next() -> Outcome | bool:
@@ -195,7 +226,7 @@ class RayExecutor(Executor):
                         return spec, status, None
                     config = cell_config(spec, suite_name, driver_env, {**executor, "state": "submitted"})
                     prepare_cell(store, spec, config)
-                    generating = _generation_spec(spec)
+                    generating = generation_spec(spec)
                     deps = shard_refs.get(group_key_of(generating) or "", []) if generating is not None else []
                     ref = remote_cell.remote(spec.to_dict(), spec.kind, task_ctx, *deps)
                     in_flight[ref] = (spec, stack, config)
@@ -245,17 +276,3 @@ def _file_returned(ray, store: Store, spec: CellSpec, ref, config: dict, executo
     if "error" in value:
         return file_outcome(store, spec, config, error=value["error"], trace=value["traceback"])
     return file_outcome(store, spec, config, result=value["result"], files=value["files"])
-
-
-def _generation_spec(spec) -> RunSpec | None:
-    """The training cell whose EchoMod pairs a cell needs: itself, or for a selection cell `echoalign` on
-    its setting with its generator's settings (engine, options, base seed, batch); None for a runtime cell."""
-    if isinstance(spec, RuntimeSpec):
-        return None
-    if not isinstance(spec, SelectionSpec):
-        return spec
-    setting = spec.setting_spec()
-    generator = {k: spec.params[k] for k in ("engine", "engine_options", "base_seed", "generation_batch_size")
-                 if spec.params.get(k) is not None}
-    return RunSpec(setting.dataset, setting.dataset_options, setting.noise, setting.method, generator, setting.seed,
-                   setting.protocol)

@@ -9,6 +9,11 @@ Every cell, whatever its kind and whichever process computes it, goes through
 under its lock, into the one results store, skipped when it has a (valid) result unless the context
 says `force`. A run killed at any point resumes where it stopped.
 
+Plugins. The suite's `include:` files join the context's (`--include`) so that every executor's
+processes import them. A finished cell whose plugin changed since it was computed (another source
+digest or version in its config.json than now: `plugin_changes`) is kept, not recomputed, and listed
+in the outcome for `run` to say so; `--force` recomputes it.
+
 Before any cell is computed, the directory is claimed (`Store.claim`: refused if it belongs to another
 suite or to the user; the suite's experiments recorded, so that a report can tell the cells an edited
 suite no longer contains) and its layout checked (`Store.check_layout`: folders where folders belong,
@@ -28,6 +33,7 @@ from typing import Any
 
 from echobench.files import atomic_write_json
 from echobench.harness.context import RunContext
+from echobench.harness.echomod_shards import check_cache_writable
 from echobench.harness.executor import Executor, InlineExecutor
 from echobench.harness.store import COMMANDS_DIR, Store, experiment_key, writing
 from echobench.harness.suite import CellSpec, RuntimeSpec, SelectionSpec, Suite
@@ -41,6 +47,9 @@ class SuiteOutcome:
     skipped: list[str] = field(default_factory=list)  # finished before
     busy: list[str] = field(default_factory=list)  # another runner held the lock
     failed: dict[str, str] = field(default_factory=dict)  # run id → error line
+    # finished cells kept although a plugin they use changed since: "KIND NAME" → {"source", "cells",
+    # "was": [digest/version records], "now": record}; `--force` recomputes them (`plugin_changes`)
+    plugins_changed: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = ""  # what computed the cells: cpu, cuda, or e.g. "2 workers on cpu"
 
@@ -103,6 +112,8 @@ def run_suite(suite: Suite, out: str | Path, ctx: RunContext | None = None, exec
     from tqdm.auto import tqdm
 
     ctx = ctx or RunContext.resolve(device="cpu")
+    ctx = ctx.with_includes(suite.includes)  # the suite's plugins reach every executor's processes
+    ctx.load_plugins()
     executor = executor or InlineExecutor()
     ctx.apply_threads()  # for the cells computed in this process (worker processes and Ray tasks set their own)
     device = ctx.resolved_device
@@ -110,6 +121,7 @@ def run_suite(suite: Suite, out: str | Path, ctx: RunContext | None = None, exec
     store = Store(out)
     store.claim(suite.name, suite_experiments(suite, [*selection, *train]))
     store.check_layout([c.run_id for c in [*selection, *train, *runtime]])
+    check_cache_writable(split_pending(store, [*selection, *train], ctx.force)[0], ctx)
     record_command(out, suite, argv, device, {"train": len(train), "selection": len(selection), "runtime": len(runtime)})
     outcome = SuiteOutcome([*selection, *train, *runtime], device=executor.describe(ctx))
     started = time.perf_counter()
@@ -120,6 +132,8 @@ def run_suite(suite: Suite, out: str | Path, ctx: RunContext | None = None, exec
         for cells, runs_them in (([*selection, *train], executor), (runtime, InlineExecutor())):
             pending, skipped = split_pending(store, cells, ctx.force)
             outcome.skipped.extend(skipped)
+            skipped_ids = set(skipped)
+            plugin_changes(store, [c for c in cells if c.run_id in skipped_ids], outcome.plugins_changed)
             bar.update(len(skipped))
             for spec, status, message in runs_them.map(store, suite.name, pending, ctx):
                 outcome.record(spec.run_id, status, message)
@@ -132,6 +146,31 @@ def run_suite(suite: Suite, out: str | Path, ctx: RunContext | None = None, exec
     outcome.device = executor.describe(ctx)
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def plugin_changes(store: Store, finished: list[CellSpec], into: dict[str, dict]) -> dict[str, dict]:
+    """Record in `into` the plugins whose source digest or version differs from the one a finished
+    cell was computed with (its config.json's environment): such a cell is kept (provenance is not
+    identity; `run` says so, `--force` recomputes it, `report` marks rows that mix versions)."""
+    from echobench.harness.cells import plugin_provenance
+
+    for spec in finished:
+        now = plugin_provenance(spec)
+        if not now:
+            continue
+        config = store.load_cell(spec.run_id).config or {}
+        env = config.get("environment") if isinstance(config.get("environment"), dict) else {}
+        was = env.get("plugins") if isinstance(env.get("plugins"), dict) else {}
+        for key, record in now.items():
+            old = was.get(key) if isinstance(was.get(key), dict) else {}
+            if (old.get("digest"), old.get("version")) == (record["digest"], record["version"]):
+                continue
+            change = into.setdefault(key, {"source": record["source"], "now": record, "was": [], "cells": []})
+            change["cells"].append(spec.run_id)
+            seen = {"digest": old.get("digest"), "version": old.get("version")}
+            if seen not in change["was"]:
+                change["was"].append(seen)
+    return into
 
 
 def dry_run_rows(selection: list[SelectionSpec], train: list[CellSpec], runtime: list[RuntimeSpec]) -> list[dict[str, Any]]:

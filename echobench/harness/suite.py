@@ -9,8 +9,15 @@ A suite file (see `echobench/suites/*.yaml`):
     methods: [ce]                          # or {name: {hyperparameter: value}}
     seeds: [1, 2, 3]
     protocol: demo                         # or {name: demo, epochs: 5}
+    include: [my_methods.py]               # optional: plugin files or folders, relative to the suite file
     blocks:                                # optional: each block overrides the keys above
       - {datasets: [cifar10n], noise: [human:worst]}
+
+`include:` (a path or a list of them; top level only) imports plugins (`echobench.plugins`) before
+the names are checked, exactly as `--include` does; `Suite.includes` keeps their absolute paths, which
+the runner adds to the `RunContext` so that every executor's processes import them too. A method may
+also be named `module:Class` (an importable module), and installed distributions register names
+through entry points.
 
 Every cell is a `RunSpec` whose canonical JSON (options, method hyperparameters and protocol all
 resolved to their full values) hashes to a stable run id: the same experiment always lands in the
@@ -64,8 +71,8 @@ from echobench.training.protocols import get_protocol
 from echobench.registry import Registry, unknown_name_error
 
 SUITE_KEYS = {"name", "description", "kind", "datasets", "noise", "methods", "seeds", "protocol", "selection",
-              "runtime", "blocks"}
-BLOCK_KEYS = SUITE_KEYS - {"name", "description", "blocks"}
+              "runtime", "blocks", "include"}
+BLOCK_KEYS = SUITE_KEYS - {"name", "description", "blocks", "include"}
 KINDS = ("train", "selection", "runtime")
 # kind → (required keys, optional keys) of a block of that kind (besides `kind`)
 KIND_KEYS = {
@@ -187,6 +194,7 @@ class Suite:
     description: str
     blocks: list[dict]
     source: str
+    includes: tuple[str, ...] = ()  # plugin files and folders of its `include:`, absolute
 
     @property
     def kinds(self) -> list[str]:
@@ -312,6 +320,7 @@ def parse_suite(raw: Any, source: str) -> Suite:
     if raw.get("name") is None:
         raise EchobenchError(f"suite {source} needs a name")
     name = safe_name(raw["name"], f"suite {source}: `name`")  # it becomes a folder: runs/NAME
+    includes = _includes(raw.get("include"), source)
     top = {k: raw[k] for k in BLOCK_KEYS if k in raw}
     raw_blocks = raw.get("blocks", [])
     if not isinstance(raw_blocks, list) or not all(isinstance(b, dict) for b in raw_blocks):
@@ -329,7 +338,23 @@ def parse_suite(raw: Any, source: str) -> Suite:
             raise EchobenchError(f"suite {source}: a `{kind}` block takes {sorted(required | optional)}, not {stray}")
         merged = {k: v for k, v in dict(top, **b).items() if k in required | optional}
         blocks.append(_normalize_block({**merged, "kind": kind}, source))
-    return Suite(name, str(raw.get("description", "")), blocks, source)
+    return Suite(name, str(raw.get("description", "")), blocks, source, includes)
+
+
+def _includes(value: Any, source: str) -> tuple[str, ...]:
+    """A suite's `include:` (a path or a list of them, relative to the suite file), imported now."""
+    from echobench.plugins import load_includes, resolve_includes
+
+    if value is None:
+        return ()
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        raise EchobenchError(f"suite {source}: `include` must be a path or a list of paths (.py files or folders, "
+                             f"relative to the suite file), got {value!r}")
+    base = Path(source).parent if Path(source).is_file() else None
+    includes = resolve_includes(paths, base, what=f"suite {source}: include")
+    load_includes(includes)
+    return includes
 
 
 def _as_named(value: Any, what: str, source: str) -> list[tuple[str, dict]]:

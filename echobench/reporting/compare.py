@@ -66,6 +66,7 @@ BENCH_KINDS = ("engines", "train", "knn", "echoselect")
 VERDICTS = ("regression", "improvement", "within noise")
 RUNTIME_VERDICTS = ("regression", "failed", "improvement", "within tolerance")
 LISTED = 25  # one-sided rows listed by the Markdown (all are in the JSON)
+PENDING = "pending"  # Group.failed of an experiment whose cells have neither a result nor an error
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class Side:
     notes: list[str]
     settings: dict | None = None  # a benchmark document's settings (part of every row's identity)
     suite: str | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)  # engine → why, for every batch size (bench engines)
 
 
 def _number(v: Any) -> bool:
@@ -246,7 +248,7 @@ def _load_results(root: Path, metric: str) -> Side:
             group = groups.setdefault(key, Group(key, "accuracy", identity))
             if result is None:
                 if not group.values:
-                    group.failed = ((cell.error or {}).get("error") or "not finished") if cell.error else "not finished"
+                    group.failed = str((cell.error or {}).get("error") or "failed") if cell.error else PENDING
                 continue
             group.failed = None
             group.values.append(100.0 * float(result["metrics"][METRICS[metric]]))
@@ -306,6 +308,10 @@ _BENCH_SETTINGS = {  # a benchmark document's fields that are part of every row'
 }
 
 
+# settings that documents written before the field existed lack: the value they were measured with
+_BENCH_DEFAULTS = {"engines": {"vae": "checkpoint's"}}
+
+
 def _load_bench(path: Path, doc: Any) -> Side:
     kind = bench_kind(doc)
     if kind == "approx":
@@ -314,9 +320,11 @@ def _load_bench(path: Path, doc: Any) -> Side:
     if kind is None:
         raise EchobenchError(f"{path} is neither a results directory nor a `bench {'|'.join(BENCH_KINDS)} --json` "
                              f"document (its fields match none of them)")
-    settings = {k: doc.get(k) for k in _BENCH_SETTINGS[kind]}
+    defaults = _BENCH_DEFAULTS.get(kind, {})
+    settings = {k: doc.get(k, defaults.get(k)) for k in _BENCH_SETTINGS[kind]}
     settings["device"] = _device_type(doc.get("device"))
     groups: dict[str, Group] = {}
+    unavailable: dict[str, str] = {}
     notes = []
     if kind == "engines" and doc.get("complete") is False:
         notes.append(f"{path.name}: an incomplete run (`complete: false`): rows it did not reach are missing")
@@ -340,8 +348,9 @@ def _load_bench(path: Path, doc: Any) -> Side:
             if not isinstance(per_batch, dict):
                 continue
             batches = {b: e for b, e in per_batch.items() if isinstance(e, dict) and str(b).isdigit()}
-            if not batches:  # an engine-level entry: unavailable for every batch size
-                add(name, per_batch, "images_per_s", False, engine=name, batch_size="all")
+            if not batches:  # an engine-level entry: unavailable (or failed) at every batch size
+                why = per_batch.get("unavailable") or per_batch.get("unsupported") or per_batch.get("error")
+                unavailable[name] = str(why or "not measured")
             for batch, entry in batches.items():
                 add(f"{name} batch {batch}", entry, "images_per_s", False, engine=name, batch_size=int(batch))
     elif kind == "train":
@@ -353,7 +362,8 @@ def _load_bench(path: Path, doc: Any) -> Side:
         for name in ("released_loop", "echobench"):
             add(name, doc[name], "pairs_per_s", False, path=name)
     env = doc.get("environment")
-    return Side(str(path), f"bench {kind}", groups, [_env_line(env)] if env else [], notes, settings=settings)
+    return Side(str(path), f"bench {kind}", groups, [_env_line(env)] if env else [], notes, settings=settings,
+                unavailable=unavailable)
 
 
 # --- comparing ----------------------------------------------------------------------------------------
@@ -385,26 +395,29 @@ def differences(a: dict, b: dict) -> list[str]:
 
 def _nearest(group: Group, others: list[Group]) -> list[str]:
     """How `group` differs from the most similar row of the other side (fewest differing settings)."""
+    others = [o for o in others if o.section == group.section]
+    same_method = [o for o in others if o.identity.get("method", 0) == group.identity.get("method", 1)]
     best = None
-    for other in others:
-        if other.section != group.section:
-            continue
+    for other in same_method or others:
         diff = differences(group.identity, other.identity)
         if best is None or len(diff) < len(best):
             best = diff
     return best or []
 
 
-def _sort_key(group: Group) -> tuple:
+def _sort_key(group: Group, index: int) -> tuple:
+    """Accuracy rows by dataset, noise and method; runtime rows in the order the documents list them."""
     from echobench.data.noise import NoiseSpec
 
+    if group.section == "runtime":
+        return (1, "", "", "", index)
     ident = group.identity
     noise = ident.get("noise")
     try:
         noise_key = NoiseSpec.parse(noise).sort_key() if isinstance(noise, str) else ()
     except Exception:  # noqa: BLE001 - an unknown noise kind sorts by its text
         noise_key = (str(noise),)
-    return (str(ident.get("dataset", "")), str(noise_key), _text(ident.get("method", "")), group.key)
+    return (0, str(ident.get("dataset", "")), str(noise_key), _text(ident.get("method", "")), index)
 
 
 def _labels(groups: list[Group]) -> dict[str, str]:
@@ -467,8 +480,8 @@ def compare(baseline: str | Path, candidate: str | Path, *, metric: str = "best_
     every = list(base.groups.values()) + list(cand.groups.values())
     labels = _labels(every)
     accuracy, runtime, only_base, only_cand = [], [], [], []
-    for key in sorted(set(base.groups) | set(cand.groups),
-                      key=lambda k: _sort_key(base.groups.get(k) or cand.groups[k])):
+    order = {k: i for i, k in enumerate([*base.groups, *(k for k in cand.groups if k not in base.groups)])}
+    for key in sorted(order, key=lambda k: _sort_key(base.groups.get(k) or cand.groups[k], order[k])):
         b, c = base.groups.get(key), cand.groups.get(key)
         g = b or c
         head = {"row": labels[key], "key": key,
@@ -497,19 +510,32 @@ def compare(baseline: str | Path, candidate: str | Path, *, metric: str = "best_
         side, here, there = ("baseline", b, cand) if b_ok else ("candidate", c, base)
         if here is None or not here.values:
             # measured on neither side (unavailable or failed on both, or on one side and absent on the other)
-            why = "; ".join(f"{n}: {x.failed or x.unavailable}" for n, x in (("baseline", b), ("candidate", c))
-                            if x is not None and (x.failed or x.unavailable))
-            notes.append(f"{labels[key]}: measured on neither side ({why or 'no values'})")
+            whys = {n: x.failed or x.unavailable for n, x in (("baseline", b), ("candidate", c))
+                    if x is not None and (x.failed or x.unavailable)}
+            why = (next(iter(whys.values())) if len(set(whys.values())) == 1 and len(whys) == 2 else
+                   "; ".join(f"{n}: {w}" for n, w in whys.items()))
+            notes.append(f"{labels[key]}: not measured on either side ({why or 'no values'})")
             continue
         other = there.groups.get(key)
-        if other is not None and (other.failed or other.unavailable):
-            why = f"{'failed' if other.failed else 'not measured'} in the {'candidate' if side == 'baseline' else 'baseline'}: {other.failed or other.unavailable}"
+        engine_gone = there.unavailable.get(str(here.identity.get("engine")))
+        if engine_gone is not None:
+            why = f"not measured in the {'candidate' if side == 'baseline' else 'baseline'}: {engine_gone}"
+        elif other is not None and (other.failed or other.unavailable):
+            where = "candidate" if side == "baseline" else "baseline"
+            why = (f"not finished in the {where} (its cells are pending)" if other.failed == PENDING else
+                   f"failed in the {where}: {other.failed}" if other.failed else
+                   f"not measured in the {where}: {other.unavailable}")
         else:
             mine = base if side == "baseline" else cand
             nearest = _nearest(here, [x for k2, x in there.groups.items() if k2 not in mine.groups and x.values])
             why = ("no such row in the " + ("candidate" if side == "baseline" else "baseline")
                    + (f"; nearest row there differs in {'; '.join(nearest[:4])}" if nearest else ""))
         (only_base if side == "baseline" else only_cand).append({**head, side: _sample(here), "why": why})
+    for engine in sorted(set(base.unavailable) | set(cand.unavailable)):
+        measured = any(g.identity.get("engine") == engine for g in every)
+        if not measured:
+            whys = {w for w in (base.unavailable.get(engine), cand.unavailable.get(engine)) if w}
+            notes.append(f"{engine}: not measured on either side ({'; '.join(sorted(whys))})")
     counts = {v: sum(r["verdict"] == v for r in accuracy) for v in VERDICTS}
     rcounts = {v: sum(r["verdict"] == v for r in runtime) for v in RUNTIME_VERDICTS}
     regressions = counts["regression"] + rcounts["regression"] + rcounts["failed"]
@@ -627,9 +653,9 @@ def markdown(doc: dict[str, Any]) -> str:
             if len(rows) > LISTED:
                 lines.append(f"- … and {len(rows) - LISTED} more (`--json` lists all)")
             lines.append("")
-    lines.append("Rule: " + (doc["rule"]["accuracy"] if doc["accuracy"] or doc["kind"] == "results" else "")
-                 + (" — " if doc["kind"] == "results" and doc["runtime"] else "")
-                 + (doc["rule"]["runtime"] if doc["runtime"] or doc["kind"] != "results" else "") + ".")
+    rules = [doc["rule"]["accuracy"]] if doc["accuracy"] else []
+    rules += [doc["rule"]["runtime"]] if doc["runtime"] else []
+    lines.append("Rule: " + "; runtime: ".join(rules) + ".")
     if doc["fail_on_missing"] and s["only_baseline"]:
         lines.append(f"\n--fail-on-missing: {s['only_baseline']} baseline row(s) have no result in the candidate.")
     if doc["notes"]:

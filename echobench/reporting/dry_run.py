@@ -147,4 +147,22 @@ def _stage_table(summary: dict[str, Any]) -> list[str]:
            tabulate(rows, headers=["stage", "work", "V100", "RTX 4090", "basis"])]
     if t:
         out += [f"Training of {d}: not projected ({why})" for d, why in t["unavailable"].items()]
+        out += _packed_lines(t.get("packed"))
     return out
+
+
+def _packed_lines(p: dict[str, Any] | None) -> list[str]:
+    """The training stage with several cells per GPU (`training_cost.packed_projection`)."""
+    if not p:
+        return []
+    if not p["measured"]:
+        return [f"Training with several cells per GPU (--cells-per-gpu): not projected, {p['note']}"]
+    gpu = p["gpu"].upper()
+    lines = [f"Training on one {gpu}, from {p['source']} (measured; {p['basis']}):"]
+    for key, what in (("one_cell", "one cell at a time"), ("packed", "packed"), ("packed_compiled", "packed, compiled")):
+        r = p.get(key)
+        if r:
+            lines.append(f"  {what}: {r['hours']:,} GPU-hours ({r['cells_per_gpu']} cell(s) per GPU, "
+                         f"{r['images_per_s']:,} images/s, {r['speedup_vs_one_cell']}× one cell"
+                         + (f"; protocol {r['protocol']}" if "protocol" in r else "") + ")")
+    return lines

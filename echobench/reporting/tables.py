@@ -82,14 +82,19 @@ class Table:
 
 # Provenance: how and where a cell ran. Cells of one experiment that differ only in these are averaged
 # as seeds, and the entry is marked (†). Identity (what makes a row) is the spec without the seed.
-PROVENANCE = ("git", "packages", "python", "device", "threads", "host")
+# `plugins`: version and source digest of each plugin the cell uses (echobench.harness.cells.plugin_provenance),
+# so a row whose seeds ran different versions of a plugin is marked like one that ran different revisions.
+PROVENANCE = ("git", "packages", "plugins", "python", "device", "threads", "host")
 ROW_PATH_NAMES = (("method_params.", ""), ("dataset_options.", "dataset."))  # how a setting is named in a label
 
 
 def provenance(config: dict) -> dict[str, Any]:
     env = config.get("environment") if isinstance(config.get("environment"), dict) else {}
     device = env.get("device") if isinstance(env.get("device"), dict) else {}
+    plugins = env.get("plugins") if isinstance(env.get("plugins"), dict) else {}
     return {"git": env.get("git"), "packages": env.get("packages"), "python": env.get("python"),
+            "plugins": {k: {"version": v.get("version"), "digest": v.get("digest")} if isinstance(v, dict) else v
+                        for k, v in plugins.items()} or None,
             "device": device.get("name"), "threads": device.get("threads"), "host": env.get("host")}
 
 

@@ -32,13 +32,24 @@ fp16 inference of transformer and convolution blocks, the nearest measured workl
 projected for the paper's GPUs only. Cells whose extractor is not CLIP (the `shapes` world's HOG)
 cost no GPU time in this stage.
 
+Packed training. Several cells side by side on one GPU (`echobench run --cells-per-gpu K`) train
+faster in aggregate than one cell at a time. `packed_projection` reads a committed measurement,
+`echobench bench train --device cuda --concurrent K ... --json` saved as `PACKED_MEASUREMENT`
+(reports/gpu/bench_train_concurrent.json; scripts/gpu_check.sh writes it), when present: the
+training stage's FLOP at the aggregate images/s of the best uncompiled row (and, separately, of the
+best compiled row: the `paper-compiled` protocol, whose cells have other run ids), on the GPU it was
+measured on, beside one cell at a time at the same measurement's solo rate. Without the file the
+dry run shows the single-cell projection only and says which command measures the packed one.
+
 The paper reports no training or EchoSelect runtimes; these stages have no published figures beside them.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from echobench.errors import EchobenchError
@@ -48,6 +59,7 @@ from echobench.errors import EchobenchError
 TRAIN_CALIBRATION = {"gpu": "h200", "model": "resnet18", "num_classes": 10, "image_size": 32,
                      "images_per_s": 13876.8,
                      "source": "reports/gpu/bench_train.json (`echobench bench train` on one H200, bf16)"}
+NUM_CLASSES_CIFAR10 = 10
 CLIP_VIT_B32_GFLOP = 8.73  # image encoder, 224², one image (FlopCounterMode on open_clip's ViT-B-32)
 BACKWARD_FACTOR = 3.0  # forward + backward ≈ 3 × forward
 
@@ -56,6 +68,10 @@ BACKWARD_FACTOR = 3.0  # forward + backward ≈ 3 × forward
 KNOWN_DATASETS = {"cifar10": (50_000, 10_000, 32, 10), "cifar10n": (50_000, 10_000, 32, 10),
                   "cifar100": (50_000, 10_000, 32, 100), "cifar100n": (50_000, 10_000, 32, 100)}
 PROJECTED_GPUS = ("v100", "rtx4090")  # the paper's GPUs (Tables 6 and 7)
+# `bench train --concurrent ... --json` on a GPU, committed: the packed projection's source when present.
+PACKED_MEASUREMENT = Path(__file__).resolve().parents[2] / "reports" / "gpu" / "bench_train_concurrent.json"
+PACKED_COMMAND = ("echobench bench train --device cuda --concurrent 2 4 8 --json > reports/gpu/bench_train_concurrent.json "
+                  "(add --compile for the compiled rows; scripts/gpu_check.sh runs both)")
 
 
 def dataset_shape(name: str, options: dict, data_root: str | None = None) -> tuple[int, int, int, int]:
@@ -130,7 +146,59 @@ def training_projection(cells, data_root: str | None = None) -> dict[str, Any]:
                      f"{TRAIN_CALIBRATION['source']} (projection)",
             "efficiency": round(eff, 4),
             "per_method": {m: _hours(f, gpus) for m, f in sorted(per_method.items())},
-            "total": _hours(sum(per_method.values()), gpus), "unavailable": unavailable}
+            "total": _hours(sum(per_method.values()), gpus), "unavailable": unavailable,
+            "packed": packed_projection(sum(per_method.values()))}
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PACKED_MEASUREMENT.parents[2]))
+    except ValueError:
+        return str(path)
+
+
+def packed_projection(total_gflop: float, path: str | Path | None = None) -> dict[str, Any]:
+    """The training stage's hours on the GPU of a committed `bench train --concurrent` measurement:
+    one cell at a time (its solo row) and K cells at once (its best uncompiled row; its best compiled
+    row apart). {"measured": False, "note": ...} when there is no usable measurement."""
+    from echobench.reporting.runtime import infer_gpu
+
+    path = Path(path) if path is not None else PACKED_MEASUREMENT
+    if not path.exists():
+        return {"measured": False, "note": f"no measurement of several cells per GPU: run {PACKED_COMMAND} on the GPU"}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        rows = [r for r in doc["rows"] if r.get("aggregate_images_per_s")]
+        name = str(doc.get("device_name") or "")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {"measured": False, "note": f"{_display_path(path)} is not a bench train --concurrent result ({exc})"}
+    gpu = infer_gpu(name) if str(doc.get("device", "")).startswith("cuda") else None
+    if gpu is None or not rows:
+        return {"measured": False, "note": f"{_display_path(path)} holds no usable GPU measurement (device "
+                                           f"{name or doc.get('device')!r}); run {PACKED_COMMAND} on the GPU"}
+    flop_per_image = BACKWARD_FACTOR * forward_gflop("resnet18", NUM_CLASSES_CIFAR10, 32)  # GFLOP
+
+    def hours(rate: float) -> float:
+        return float(f"{total_gflop / (rate * flop_per_image) / 3600:.3g}")
+
+    def row(r: dict) -> dict[str, Any]:
+        return {"cells_per_gpu": r["cells"], "compile": bool(r["compile"]), "images_per_s": round(r["aggregate_images_per_s"], 1),
+                "speedup_vs_one_cell": round(r.get("speedup_vs_solo") or 0.0, 2), "hours": hours(r["aggregate_images_per_s"])}
+
+    solo = next((r for r in rows if r["cells"] == 1 and not r["compile"]), None)
+    packed = [r for r in rows if r["cells"] > 1 and not r["compile"]]
+    compiled = [r for r in rows if r["compile"]]
+    out: dict[str, Any] = {"measured": True, "source": _display_path(path), "gpu": gpu, "device_name": name,
+                           "basis": "the training stage's FLOP at the measured aggregate rate of the paper protocol's "
+                                    "ResNet-18 on that GPU (projection)"}
+    if solo is not None:
+        out["one_cell"] = row(solo)
+    if packed:
+        out["packed"] = row(max(packed, key=lambda r: r["aggregate_images_per_s"]))
+    if compiled:
+        out["packed_compiled"] = {**row(max(compiled, key=lambda r: r["aggregate_images_per_s"])),
+                                  "protocol": "paper-compiled (other numbers, other run ids)"}
+    return out
 
 
 def echoselect_projection(cells, selection=(), data_root: str | None = None) -> dict[str, Any]:

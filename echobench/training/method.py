@@ -8,20 +8,88 @@ methods are one network trained with a different loss: subclass `SingleNetworkMe
 Each method has a `Params` dataclass of hyperparameters; `default_params(dataset)` gives the
 per-dataset defaults from its official source, and suite files may override fields: by name and
 with a value of the field's annotated type (`echobench.checks.check_fields`).
+
+Plugins (`echobench.plugins`; the user's guide and the stable API: docs/plugin-api.md) register their
+methods with the same `register_method`, through an entry point of group `echobench.methods`, or are
+named `module:Class` in a suite; `check_method_class` refuses a broken one in one line.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from echobench.checks import check_fields
+from echobench.errors import EchobenchError
 from echobench.registry import Registry
 
-METHODS: Registry[type["Method"]] = Registry("method")
+def check_method_class(cls: Any, name: str, source: Any) -> None:
+    """EchobenchError, one line naming the file and the problem, unless a plugin's method `cls` is a
+    `Method` subclass that declares its `Params` (a dataclass whose fields have defaults, unless
+    `default_params` is overridden), implements every abstract method, and whose `fit`, `loss` and
+    `default_params` take the arguments echobench passes."""
+    where = _where(cls, source)
+    if not isinstance(cls, type) or not issubclass(cls, Method):
+        raise EchobenchError(f"{where}: method {name!r} is {cls!r}, not a subclass of echobench.training.method."
+                             f"Method (subclass SingleNetworkMethod and write loss(), or Method and write fit())")
+    label = f"{where}: method {name!r} (class {cls.__qualname__})"
+    declared = next((k for k in cls.__mro__ if "Params" in vars(k)), Method)
+    params = getattr(cls, "Params", None)
+    if declared in (Method, SingleNetworkMethod):
+        raise EchobenchError(f"{label} declares no `Params`: give it a frozen dataclass of its hyperparameters "
+                             f"(`Params = NoParams` if it has none)")
+    if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+        raise EchobenchError(f"{label}: `Params` must be a dataclass (@dataclass(frozen=True) class ...), got {params!r}")
+    if "default_params" not in _overridden(cls):
+        missing = [f.name for f in dataclasses.fields(params)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise EchobenchError(f"{label}: field(s) {missing} of {params.__name__} have no default; give them one "
+                                 f"or override default_params(dataset)")
+    if inspect.isabstract(cls):
+        raise EchobenchError(f"{label} does not implement {', '.join(sorted(cls.__abstractmethods__))}()")
+    expected = {"fit": ("self", "task"), "default_params": ("dataset",)}
+    if issubclass(cls, SingleNetworkMethod):
+        expected["loss"] = ("self", "logits", "targets", "indices", "epoch", "task")
+        expected["begin_epoch"] = ("self", "epoch", "model", "task")
+    for attr, args in expected.items():
+        fn = getattr(cls, attr)
+        try:
+            inspect.signature(fn).bind(*args)
+        except TypeError:
+            line = _line(fn)
+            raise EchobenchError(f"{label}: {attr}{inspect.signature(fn)}{line} cannot be called as "
+                                 f"{attr}({', '.join(args)})") from None
+        except ValueError:  # no signature to read (a builtin): not ours to judge
+            continue
+
+
+def _overridden(cls: type) -> set[str]:
+    return {k for c in cls.__mro__ if c not in (Method, SingleNetworkMethod, abc.ABC, object) for k in vars(c)}
+
+
+def _where(obj: Any, source: Any) -> str:
+    """The file that defines `obj` (the most precise place to point at), else the plugin's label."""
+    try:
+        file = inspect.getsourcefile(obj) if isinstance(obj, type) or callable(obj) else None
+    except TypeError:
+        file = None
+    return file or getattr(source, "label", "a plugin")
+
+
+def _line(fn: Any) -> str:
+    try:
+        return f" (line {inspect.getsourcelines(fn)[1]})"
+    except (OSError, TypeError):
+        return ""
+
+
+METHODS: Registry[type["Method"]] = Registry("method", check=check_method_class,
+                                             import_names=True)
 METHODS.add("ce", "echobench.baselines.ce:CrossEntropy")
 METHODS.add("apl", "echobench.baselines.apl:ActivePassiveLoss")
 METHODS.add("pce", "echobench.baselines.pce:PartiallyHuberisedCE")
@@ -50,7 +118,8 @@ def register_method(name: str):
     """Class decorator: register a Method subclass under the name the paper's tables use."""
 
     def deco(cls):
-        cls.name = name
+        if isinstance(cls, type):
+            cls.name = name
         METHODS.add(name, cls)
         return cls
 
@@ -136,6 +205,10 @@ class SingleNetworkMethod(Method):
     def loss(self, logits, targets, indices, epoch: int, task):
         """The batch loss (a scalar tensor) of float32 `logits` against the noisy `targets`."""
 
+    def begin_epoch(self, epoch: int, model, task) -> None:
+        """Called before each epoch (1, 2, ...) with the network: per-sample state a loss keeps (GCE's
+        pruning weights, examples/gce.py) is updated here. Default: nothing."""
+
     def fit(self, task) -> None:
         model = task.new_model()
         optimizer = task.new_optimizer(model.parameters())
@@ -143,6 +216,7 @@ class SingleNetworkMethod(Method):
         generator = task.generator("batches")
         clip = getattr(self.params, "grad_clip", None)
         for epoch in range(1, task.protocol.epochs + 1):
+            self.begin_epoch(epoch, model, task)
             started = time.perf_counter()
             sums = task.train_epoch(model, optimizer, generator,
                                     lambda logits, y, idx: self.loss(logits, y, idx, epoch, task), grad_clip=clip)

@@ -5,6 +5,18 @@ and 150, pad-4 random crop + horizontal flip + normalize, 45k/5k train/validatio
 ResNet-18 for 10 classes and ResNet-34 for 100 (`model: auto`). The others are the same recipe
 scaled down so that CPU runs finish: `cpu` (the `shapes` suite), `demo` (the default job) and `smoke`
 (tests).
+
+Execution fields that change results. `last_batch` says what happens to the last partial training
+batch of each epoch: `keep` (the default: every sample every epoch, as the paper's DataLoader) or
+`drop` (every step has the protocol's batch size; the samples left over differ from epoch to epoch
+because each epoch reshuffles). `compile: true` runs `Task.train_epoch`'s step compiled
+(`torch.compile` of the network's forward and backward and of the optimizer step; on CUDA the
+network in mode "reduce-overhead", i.e. CUDA graphs); it needs `last_batch: drop`, so that every
+step has one static shape. Both change the numbers a cell produces (fused kernels round
+differently; dropped samples change the steps), so both are part of a cell's identity — but only when
+they differ from their defaults: `to_dict` (the protocol inside every cell's canonical spec) leaves
+out `EXECUTION_DEFAULTS` at their default values, so every run id from before these fields existed
+is unchanged. `paper-compiled` is `paper` with `compile: true, last_batch: drop`.
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ class Protocol:
     val_fraction: float = 0.1
     eval_batch_size: int = 1024
     mixed_precision: bool = True  # on GPU only; CPU always runs fp32
+    # Left out of `to_dict` at their defaults (see the module docstring), so run ids did not change.
+    last_batch: str = "keep"  # keep | drop: the last partial training batch of each epoch
+    compile: bool = False  # torch.compile the training step of Task.train_epoch (needs last_batch: drop)
 
     def resolved_model(self, num_classes: int) -> str:
         if self.model != "auto":
@@ -64,15 +79,31 @@ class Protocol:
             raise EchobenchError(f"protocol {self.name!r}: optimizer must be sgd or adam, got {self.optimizer!r}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise EchobenchError(f"protocol {self.name!r}: milestones must be increasing epoch numbers")
+        if self.last_batch not in ("keep", "drop"):
+            raise EchobenchError(f"protocol {self.name!r}: last_batch must be keep or drop, got {self.last_batch!r}")
+        if self.compile and self.last_batch != "drop":
+            raise EchobenchError(f"protocol {self.name!r}: compile: true needs last_batch: drop (every compiled step "
+                                 f"then has one static shape, which CUDA graphs need)")
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields, except the execution fields at their default values (`EXECUTION_DEFAULTS`): this
+        dict is the protocol inside a cell's canonical spec, whose hash is the run id."""
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
+        for key, default in EXECUTION_DEFAULTS.items():
+            if d[key] == default and type(d[key]) is type(default):
+                del d[key]
         return d
+
+
+# Fields added after run ids were first committed: at these values they are left out of `to_dict`.
+EXECUTION_DEFAULTS: dict[str, Any] = {"last_batch": "keep", "compile": False}
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 PROTOCOLS.add("paper", Protocol("paper"))
+# The paper's recipe with the compiled step (opt-in: other numbers, other run ids; see the module docstring).
+PROTOCOLS.add("paper-compiled", Protocol("paper-compiled", last_batch="drop", compile=True))
 # The CPU protocols use batch 32 and lr 0.02: on a few thousand `shapes` images, small batches (more
 # steps per epoch) learn several times faster per second than batch 128 (measured with `demo`).
 PROTOCOLS.add("cpu", Protocol("cpu", model="small-cnn", epochs=30, batch_size=32, lr=0.02, weight_decay=5e-4, milestones=(20, 27)))

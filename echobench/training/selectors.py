@@ -6,8 +6,20 @@ from __future__ import annotations
 
 from echobench.registry import Registry
 
-SELECTORS: Registry = Registry("selector")
+def _check_selector(obj, name: str, source) -> None:
+    from echobench.errors import EchobenchError
+
+    if not callable(obj):
+        raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: selector {name!r} is {obj!r}, not a function")
+
+
+SELECTORS: Registry = Registry("selector", check=_check_selector)
 SELECTORS.add("small-loss", "echobench.baselines.selection:small_loss")
 SELECTORS.add("bltm", "echobench.baselines.selection:bltm")
 SELECTORS.add("simifeat", "echobench.baselines.selection:simifeat")
 SELECTORS.add("confident-learning", "echobench.baselines.selection:confident_learning")
+
+
+def register_selector(name: str):
+    """Decorator: register a selector `fn(task, ...) -> Selection` (a plugin's too)."""
+    return SELECTORS.register(name)

@@ -9,6 +9,11 @@ the samples' indices so that methods can keep per-sample state (labels, losses, 
 
 Randomness: the model's initial weights, the shuffling and the augmentation each come from their
 own seeded `torch.Generator` (CPU, so runs are reproducible across devices' RNG differences).
+
+No host syncs inside the epoch loop: the CPU-drawn random numbers go to a GPU through pinned memory
+without blocking (`to_device`), the loss and accuracy sums stay on the device, and `record_epoch`
+reads them once per epoch. The protocol's `last_batch: drop` drops each epoch's last partial batch
+(`Task.batches`), and `compile: true` runs `Task.train_epoch`'s step compiled (`Task.compiled_step`).
 """
 
 from __future__ import annotations
@@ -65,21 +70,30 @@ class Normalizer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`; to a GPU through pinned memory, without blocking the host (a plain
+    `.to("cuda")` of pageable memory waits for the copy, i.e. for the GPU's queue: a sync per step).
+    Same values either way; torch's pinned-memory cache keeps the buffer until the copy is done."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Batched pad-`padding` random crop (zero fill, as torchvision's RandomCrop) and horizontal flip."""
     n, _, h, w = x.shape
     device = x.device
     if padding > 0:
         padded = F.pad(x, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        dy = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), device)
+        dx = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
         batch = torch.arange(n, device=device)[:, None, None, None]
         chans = torch.arange(x.shape[1], device=device)[None, :, None, None]
         x = padded[batch, chans, rows, cols]
     if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+        mask = to_device(torch.rand(n, generator=generator) < 0.5, device)[:, None, None, None]
         x = torch.where(mask, x.flip(-1), x)
     return x
 
@@ -174,6 +188,8 @@ class Task:
     history: History
     dataset_options: dict[str, Any] = field(default_factory=dict)  # the loader options: part of EchoMod's cache key
     cache_dir: str | None = None  # EchoMod's cache root (None: $ECHOBENCH_CACHE or <data root>/echomod)
+    # (model, optimizer, compiled forward, compiled optimizer step) of `compiled_step`, made once per pair
+    _compiled: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     # --- building blocks for a method's own loop -------------------------------------------------
     def generator(self, stream: str) -> torch.Generator:
@@ -200,10 +216,15 @@ class Task:
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.protocol.milestones), gamma=self.protocol.gamma)
 
     def batches(self, split: DeviceSplit, generator: torch.Generator, *, augment_images: bool = True, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Shuffled training batches (x normalized, y, dataset index); the last partial batch is kept."""
+        """Shuffled training batches (x normalized, y, dataset index). The last partial batch is kept,
+        or dropped under the protocol's `last_batch: drop` (unless it is the only batch: a split smaller
+        than one batch still trains)."""
         bs = batch_size or self.protocol.batch_size
-        order = torch.randperm(len(split), generator=generator).to(split.labels.device)
-        for start in range(0, len(split), bs):
+        order = to_device(torch.randperm(len(split), generator=generator), split.labels.device)
+        end = len(split)
+        if self.protocol.last_batch == "drop" and end >= bs:
+            end -= end % bs
+        for start in range(0, end, bs):
             pos = order[start : start + bs]
             x = split.images[pos]
             if augment_images:
@@ -222,21 +243,46 @@ class Task:
         device because a float() per batch would synchronise the GPU every step.
         """
         model.train(train_mode)
+        forward, step = (model, optimizer.step) if not self.protocol.compile else self.compiled_step(model, optimizer)
+        graphs = self.protocol.compile and self.device.type == "cuda"
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y, idx in self.batches(split if split is not None else self.train, generator, augment_images=augment_images):
+            if graphs:  # a new iteration: the CUDA graphs' outputs of the previous step may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with self.autocast():
-                logits = model(x)
+                logits = forward(x)
             logits = logits.float()
             loss = loss_fn(logits, y, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            step()
             loss_sum = loss_sum + loss.detach() * len(y)
             correct = correct + (logits.argmax(1) == y).sum()
             seen += len(y)
         return loss_sum, correct, seen
+
+    def compiled_step(self, model: torch.nn.Module, optimizer) -> tuple[Callable, Callable]:
+        """(forward, optimizer step) compiled with `torch.compile`, made once per (model, optimizer).
+
+        The forward is the network compiled (AOTAutograd compiles its backward with it), on CUDA in
+        mode "reduce-overhead" (CUDA graphs: the protocol's `last_batch: drop` keeps one static shape);
+        the step is `optimizer.step` compiled (torch's recipe for compiling an optimizer; a learning rate
+        changed by the schedule recompiles it once per milestone). The loss stays eager: methods
+        supply their own. The compiled forward shares the model's parameters and buffers, so
+        evaluation (`predict`, eager) sees the trained weights."""
+        for m, o, forward, step in self._compiled:
+            if m is model and o is optimizer:
+                return forward, step
+        forward = torch.compile(model, mode="reduce-overhead" if self.device.type == "cuda" else None)
+
+        @torch.compile(fullgraph=False)
+        def step() -> None:
+            optimizer.step()
+
+        self._compiled.append((model, optimizer, forward, step))
+        return forward, step
 
     def autocast(self):
         enabled = self.device.type == "cuda" and self.protocol.mixed_precision
