@@ -494,7 +494,7 @@ def compare(baseline: str | Path, candidate: str | Path, *, metric: str = "best_
             if g.section == "accuracy":
                 test = accuracy_test(b.values, c.values, rule)
                 accuracy.append({**head, "baseline": _sample(b), "candidate": _sample(c),
-                                 "difference": round(test["difference"], 4), "test": test["test"],
+                                 "difference": round(test["difference"], 4) + 0.0, "test": test["test"],
                                  "p_value": None if test["p_value"] is None else round(test["p_value"], 6),
                                  "threshold": test["threshold"], "verdict": test["verdict"]})
             else:
@@ -627,7 +627,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("")
     if doc["accuracy"]:
         rows = [[r["dataset"], r["noise"], r["row"], _fmt_sample(r["baseline"]), _fmt_sample(r["candidate"]),
-                 f"{r['difference']:+.2f}", "—" if r["p_value"] is None else f"{r['p_value']:.3g}", r["test"],
+                 f"{round(r['difference'], 2) + 0.0:+.2f}", "—" if r["p_value"] is None else f"{r['p_value']:.3g}", r["test"],
                  _bold(r["verdict"])] for r in doc["accuracy"]]
         lines += [f"### Accuracy: {doc['metric_title']}, % (mean ± std (seeds))\n",
                   tabulate(rows, ["dataset", "noise", "method", "baseline", "candidate", "Δ", "p", "test", "verdict"],
