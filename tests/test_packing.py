@@ -80,7 +80,7 @@ def _fake_cells():
     from echobench.harness.suite import parse_suite
 
     return parse_suite({"name": "p", "datasets": {"shapes": {"n_train": 300, "n_test": 100}}, "noise": ["symmetric:0.3"],
-                        "methods": ["ce", "co-teaching"], "seeds": [1, 2], "protocol": "smoke"}, "tests").expand()
+                        "methods": ["ce", "co-teaching"], "seeds": list(range(1, 11)), "protocol": "smoke"}, "tests").expand()
 
 
 @pytest.mark.parametrize("per_cell, free, devices, max_k, expected, limited_by", [

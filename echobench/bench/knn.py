@@ -26,14 +26,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
-import resource
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
 from echobench.errors import EchobenchError
+from echobench.memory import peak_rss_mib
 
 KNN_BACKENDS = ("faiss", "torch")
 
@@ -42,11 +41,6 @@ def random_features(n: int, dim: int, seed: int = 0) -> np.ndarray:
     """(n, dim) float32 standard normal features, drawn directly in float32."""
     return np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
 
-
-def _maxrss_mib() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _knn_child(conn, backend: str, n: int, dim: int, k: int, repeats: int, seed: int, chunk: int | None,
@@ -72,7 +66,7 @@ def _knn_child(conn, backend: str, n: int, dim: int, k: int, repeats: int, seed:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             gpu_base = torch.cuda.memory_allocated()
-        baseline = _maxrss_mib()
+        baseline = peak_rss_mib()
         seconds, sims, idx = [], None, None
         for _ in range(repeats):
             started = time.perf_counter()
@@ -80,7 +74,7 @@ def _knn_child(conn, backend: str, n: int, dim: int, k: int, repeats: int, seed:
             if gpu:
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - started)
-        peak = _maxrss_mib()
+        peak = peak_rss_mib()
         out = {
             "seconds": min(seconds), "seconds_all": seconds, "peak_mib": peak - baseline,
             "baseline_mib": baseline, "process_peak_mib": peak, "device": device,

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -53,17 +52,13 @@ from typing import Any
 import numpy as np
 
 from echobench.errors import EchobenchError
+from echobench.memory import own_gpu_mib, peak_rss_mib
 
 IMAGE_SHAPE = (32, 32, 3)  # CIFAR
 NUM_CLASSES = 10
 # The paper's CIFAR-10 training split: 50,000 images less the 10% validation split (protocols.py).
 PAPER_TRAIN_IMAGES = 45_000
 
-
-def _maxrss_mib() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def random_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -147,13 +142,13 @@ def bench_train(*, n: int = 50_000, device: str = "cpu", warmup_steps: int = 3, 
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
         gpu_before = torch.cuda.memory_allocated(dev)
-    rss_before = _maxrss_mib()
+    rss_before = peak_rss_mib()
     sync()
     started = time.perf_counter()
     loss_sum, _, seen = task.train_epoch(model, optimizer, task.generator("batches"), loss_fn)
     sync()
     seconds = time.perf_counter() - started
-    rss_peak = _maxrss_mib()
+    rss_peak = peak_rss_mib()
 
     precision = "bf16 autocast" if cuda and protocol.mixed_precision else "fp32"
     doc: dict[str, Any] = {
@@ -179,10 +174,8 @@ def bench_train(*, n: int = 50_000, device: str = "cpu", warmup_steps: int = 3, 
         "rss_before_epoch_mib": rss_before,
     }
     if cuda:
-        from echobench.harness.packing import _own_gpu_mib
-
         doc.update({
-            "gpu_process_mib": _own_gpu_mib(),  # nvidia-smi's figure for this process (context included), or None
+            "gpu_process_mib": own_gpu_mib(),  # nvidia-smi's figure for this process (context included), or None
             "gpu_peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20,
             "gpu_allocated_before_epoch_mib": gpu_before / 2**20,
             "gpu_reserved_peak_mib": torch.cuda.max_memory_reserved(dev) / 2**20,

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from echobench.cli.options import add_device, add_json, add_setting, add_threads, context, seed_arg, setting
+from echobench.cli.options import add_include, add_device, add_json, add_setting, add_threads, context, seed_arg, setting
 from echobench.checks import check_memory
 from echobench.errors import EchobenchError
 
@@ -52,6 +52,7 @@ def add_parser(add) -> None:
                                                "or directory, e.g. madebyollin/taesd); default: the checkpoint's VAE")
     eng.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up; the fastest counts")
     add_device(eng)
+    add_include(eng)  # a plugin's engine rows: --engines NAME after --include its file
     add_threads(eng)
     eng.add_argument("--seed", type=seed_arg, default=0)
     add_json(eng)

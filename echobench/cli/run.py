@@ -117,7 +117,7 @@ def plugin_change_lines(changes: dict[str, dict]) -> list[str]:
         lines.append(f"echobench: note: {key} ({change['source']}) changed since {len(change['cells'])} finished "
                      f"cell(s) were computed (source digest {was} → {now['digest']}"
                      + (f", version {now['version']}" if now["version"] else "") + "); their results were kept and "
-                     f"the report marks rows that mix versions (†); run again with --force to recompute them")
+                     "the report marks rows that mix versions (†); run again with --force to recompute them")
     return lines
 
 

@@ -73,7 +73,7 @@ def make_executor(name: str, ctx: RunContext, *, workers: int | None = None, add
     if cells_per_gpu == "auto":
         ctx.resolved_device  # an unknown or absent device is refused now, not after the probe
         return AutoPackedLocal(workers=None)
-    from echobench.harness.local_workers import LocalWorkers, local_plan
+    from echobench.harness.local_workers import local_plan
     from echobench.harness.packing import Packing
 
     plan = local_plan(ctx, workers, cells_per_gpu)

@@ -14,7 +14,7 @@ peak (`probe_cell_memory`: on CUDA the process's whole use of the GPU as nvidia-
 the caching allocator's reserved peak plus `CUDA_CONTEXT_ALLOWANCE_MIB`; on CPU its peak resident
 set). K = the largest number whose cells fit in `MEMORY_HEADROOM` of the device's free memory and,
 since every worker is also a process on the host, of the host's available memory; at most
-`MAX_CELLS_PER_GPU`. Cells that generate EchoMod images with a diffusion engine load a diffusion
+`MAX_CELLS_PER_GPU`, the pending cells per device and, on CPU, the cores. Cells that generate EchoMod images with a diffusion engine load a diffusion
 model whose memory the probe does not measure: `auto` refuses them (give K explicitly once the
 pairs are cached, e.g. after `echobench modify` or a Ray run's shard stage).
 
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from echobench.errors import EchobenchError
+from echobench.memory import own_gpu_mib, peak_rss_mib
 
 MAX_CELLS_PER_GPU = 16  # more processes than this per device is a typo (each loads torch)
 MEMORY_HEADROOM = 0.85  # plan to use at most this share of the free memory (fragmentation, other processes)
@@ -75,7 +76,7 @@ class ProbeKey:
 
 def probe_key(spec, data_root: str | None = None) -> ProbeKey:
     """The `ProbeKey` of a cell spec (a training cell, or a selection cell's setting)."""
-    from echobench.reporting.training_cost import dataset_shape
+    from echobench.harness.train_cell import dataset_shape
     from echobench.training.method import METHODS
     from echobench.training.protocols import Protocol
 
@@ -138,15 +139,18 @@ def choose_cells_per_gpu(cells, device: str, *, probe: Callable[[ProbeKey, str],
     free = free_memory(device)
     devices = max(1, int(free.get("devices", 1)))
     cpu = not device.startswith("cuda")
-    # On CPU the device is the host: each cell counts once, against the host's available memory.
-    by_device = max_k if cpu else int(headroom * free["device_mib"] // max(per_device, 1.0))
+    # On CPU the device is the host: each cell counts once, against the host's available memory, and
+    # more cells than cores only share the same cores.
+    by_device = (os.cpu_count() or 1) if cpu else int(headroom * free["device_mib"] // max(per_device, 1.0))
     by_host = int(headroom * free["host_mib"] // (max(per_host, 1.0) * devices))
-    k = max(1, min(max_k, by_device, by_host))
+    by_cells = -(-len(training) // devices)  # more workers than pending cells would idle
+    limits = {"max": max_k, "pending cells": by_cells, "host memory": by_host,
+              ("cores" if cpu else "device memory"): by_device}
+    k = max(1, min(limits.values()))
     facts = {"per_cell_device_mib": round(per_device, 1), "per_cell_host_mib": round(per_host, 1),
              "free_device_mib": None if cpu else round(free["device_mib"], 1),
              "available_host_mib": round(free["host_mib"], 1), "devices": devices, "headroom": headroom,
-             "limited_by": "max" if k == max_k else ("device memory" if by_device <= by_host and not cpu else "host memory"),
-             "probes": probed}
+             "limited_by": min(limits, key=lambda name: limits[name]), "limits": limits, "probes": probed}
     if min(by_device, by_host) < 1:
         facts["note"] = "one cell alone does not fit the planned share of memory; running one per device anyway"
     return Packing(k, "auto", facts)
@@ -197,19 +201,6 @@ def host_available_mib() -> float:
     return (total or 0) / 2**20
 
 
-def _own_gpu_mib() -> float | None:
-    """This process's memory on the GPU as nvidia-smi reports it (context included), or None."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(os.getpid()) and parts[1].isdigit():
-            return float(parts[1])
-    return None
-
 
 def _probe_main(key_json: str, device: str) -> dict:
     """Train PROBE_STEPS steps of `key`'s network(s) on random data of the dataset's size, resident
@@ -218,7 +209,6 @@ def _probe_main(key_json: str, device: str) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from echobench.bench.train import _maxrss_mib
     from echobench.training.protocols import Protocol
     from echobench.training.trainer import DeviceSplit, History, Normalizer, Task
 
@@ -241,11 +231,11 @@ def _probe_main(key_json: str, device: str) -> dict:
         task.train_epoch(model, optimizer, task.generator("batches"), lambda logits, y, idx: F.cross_entropy(logits, y),
                          split=steps)
         task.predict(model, task.val.subset(torch.arange(min(len(split), key.eval_batch_size))))
-    out = {"host_mib": _maxrss_mib(), "device": device}
+    out = {"host_mib": peak_rss_mib(), "device": device}
     if dev.type == "cuda":
         torch.cuda.synchronize()
         reserved = torch.cuda.max_memory_reserved() / 2**20
-        own = _own_gpu_mib()
+        own = own_gpu_mib()
         out.update(device_mib=own if own is not None else reserved + CUDA_CONTEXT_ALLOWANCE_MIB,
                    reserved_peak_mib=reserved, allocated_peak_mib=torch.cuda.max_memory_allocated() / 2**20,
                    device_kind="nvidia-smi used_memory of the probe process" if own is not None else

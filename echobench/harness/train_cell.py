@@ -175,3 +175,18 @@ def run_cell_retrying_oom(spec: RunSpec, ctx: RunContext, on_epoch: Callable | N
         if tried:
             result["oom_retries"] = tried
         return result
+
+
+# The official datasets' sizes, so that the projection needs no download: train / test images, side
+# in px, classes. CIFAR-10N/100N relabel CIFAR's 50,000 training images.
+KNOWN_DATASETS = {"cifar10": (50_000, 10_000, 32, 10), "cifar10n": (50_000, 10_000, 32, 10),
+                  "cifar100": (50_000, 10_000, 32, 100), "cifar100n": (50_000, 10_000, 32, 100)}
+
+
+def dataset_shape(name: str, options: dict, data_root: str | None = None) -> tuple[int, int, int, int]:
+    """(n_train, n_test, image side, classes) of a dataset: the official sizes for the CIFAR family,
+    else the dataset itself (the synthetic `shapes` world is built here, never downloaded)."""
+    if name in KNOWN_DATASETS:
+        return KNOWN_DATASETS[name]
+    data = get_dataset(name, dict(options) if name == "shapes" else {**options, "download": False}, data_root)
+    return len(data.train_labels), len(data.test_labels), int(data.train_images.shape[1]), data.num_classes

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from echobench.errors import EchobenchError
+from echobench.harness.train_cell import dataset_shape
 
 # `echobench bench train` on one NVIDIA H200 (scripts/gpu_check.sh, reports/gpu/bench_train.json):
 # the paper protocol's ResNet-18, 32², batch 128, bf16 autocast, channels_last.
@@ -63,26 +64,12 @@ NUM_CLASSES_CIFAR10 = 10
 CLIP_VIT_B32_GFLOP = 8.73  # image encoder, 224², one image (FlopCounterMode on open_clip's ViT-B-32)
 BACKWARD_FACTOR = 3.0  # forward + backward ≈ 3 × forward
 
-# The official datasets' sizes, so that the projection needs no download: train / test images, side
-# in px, classes. CIFAR-10N/100N relabel CIFAR's 50,000 training images.
-KNOWN_DATASETS = {"cifar10": (50_000, 10_000, 32, 10), "cifar10n": (50_000, 10_000, 32, 10),
-                  "cifar100": (50_000, 10_000, 32, 100), "cifar100n": (50_000, 10_000, 32, 100)}
 PROJECTED_GPUS = ("v100", "rtx4090")  # the paper's GPUs (Tables 6 and 7)
 # `bench train --concurrent ... --json` on a GPU, committed: the packed projection's source when present.
 PACKED_MEASUREMENT = Path(__file__).resolve().parents[2] / "reports" / "gpu" / "bench_train_concurrent.json"
 PACKED_COMMAND = ("echobench bench train --device cuda --concurrent 2 4 8 --json > reports/gpu/bench_train_concurrent.json "
                   "(add --compile for the compiled rows; scripts/gpu_check.sh runs both)")
 
-
-def dataset_shape(name: str, options: dict, data_root: str | None = None) -> tuple[int, int, int, int]:
-    """(n_train, n_test, image side, classes) of a dataset: the official sizes for the CIFAR family,
-    else the dataset itself (the synthetic `shapes` world is built here, never downloaded)."""
-    if name in KNOWN_DATASETS:
-        return KNOWN_DATASETS[name]
-    from echobench.harness.train_cell import get_dataset
-
-    data = get_dataset(name, dict(options) if name == "shapes" else {**options, "download": False}, data_root)
-    return len(data.train_labels), len(data.test_labels), int(data.train_images.shape[1]), data.num_classes
 
 
 @lru_cache(maxsize=None)

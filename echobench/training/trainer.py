@@ -271,10 +271,17 @@ class Task:
         the step is `optimizer.step` compiled (torch's recipe for compiling an optimizer; a learning rate
         changed by the schedule recompiles it once per milestone). The loss stays eager: methods
         supply their own. The compiled forward shares the model's parameters and buffers, so
-        evaluation (`predict`, eager) sees the trained weights."""
+        evaluation (`predict`, eager) sees the trained weights.
+
+        A cell's first compiled step resets torch's compilation caches (`torch._dynamo.reset`), so every
+        cell compiles its own graphs whatever ran before it in the process: a worker that computes
+        many cells never reaches dynamo's recompilation limit (past it, steps would silently run eager),
+        and a cell's numbers do not depend on the executor (the on-disk inductor cache keeps it fast)."""
         for m, o, forward, step in self._compiled:
             if m is model and o is optimizer:
                 return forward, step
+        if not self._compiled:
+            torch._dynamo.reset()
         forward = torch.compile(model, mode="reduce-overhead" if self.device.type == "cuda" else None)
 
         @torch.compile(fullgraph=False)
