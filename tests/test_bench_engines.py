@@ -108,6 +108,7 @@ def test_bench_engines_bad_input(cli):
         assert code == 2 and message in err and "Traceback" not in err, (row, err)
 
 
+@pytest.mark.slow  # 27 s: three compiled rows of the tiny model; tests/test_engines.py checks the mechanism on toy modules
 def test_each_compile_row_builds_its_own_graphs():
     """Rows are independent of their order: timing nothing, each compile row's build says how many
     graphs were compiled for it. The second row has the very settings of the first (spelt
