@@ -59,6 +59,17 @@ def refresh_entry_points() -> None:
         registry._forget_entry_points()
 
 
+def callable_check(what: str) -> Callable[[Any, str, Any], None]:
+    """A registry `check` for entries that must be functions (dataset loaders, noise kinds, selectors):
+    a plugin registering anything else gets one line naming its source."""
+
+    def check(obj: Any, name: str, source: Any) -> None:
+        if not callable(obj):
+            raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: {what} {name!r} is {obj!r}, not a function")
+
+    return check
+
+
 class Registry(Generic[T]):
     """Name → object, with lazy "module:attr" entries resolved on first use.
 

@@ -17,7 +17,7 @@ import numpy as np
 from echobench.checks import check_options
 from echobench.errors import EchobenchError
 from echobench.paths import data_root
-from echobench.registry import Registry
+from echobench.registry import Registry, callable_check
 
 
 @dataclass
@@ -43,14 +43,8 @@ class Dataset:
         return len(self.class_names)
 
 
-def check_callable(obj, name: str, source) -> None:
-    """A plugin's dataset loader, noise kind or selector must be a function (or another callable)."""
-    if not callable(obj):
-        raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: {name!r} is {obj!r}, not a function")
-
-
 # A loader is called as loader(root: Path, **options) -> Dataset.
-DATASETS: Registry = Registry("dataset", check=check_callable)
+DATASETS: Registry = Registry("dataset", check=callable_check("dataset loader"))
 DATASETS.add("shapes", "echobench.data.shapes:load_shapes")
 DATASETS.add("cifar10", "echobench.data.cifar:load_cifar10")
 DATASETS.add("cifar100", "echobench.data.cifar:load_cifar100")

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from echobench.errors import EchobenchError
-from echobench.registry import Registry, unknown_name_error
+from echobench.registry import Registry, unknown_name_error, callable_check
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,13 @@ class NoisyLabels:
 
 
 # A noise generator: fn(labels, rate, num_classes, rng, **context) -> NoisyLabels.
-NOISES: Registry[Callable[..., NoisyLabels]] = Registry("noise", check=lambda obj, name, source: _check_noise(obj, name, source))
+NOISES: Registry[Callable[..., NoisyLabels]] = Registry("noise", check=callable_check("noise kind"))
 
 
 def register_noise(name: str):
     """Decorator: register a noise kind `fn(labels, rate, num_classes, rng, **context) -> NoisyLabels`
     under `name` (suites write it NAME:RATE); a plugin's too."""
     return NOISES.register(name)
-
-
-def _check_noise(obj, name: str, source) -> None:
-    if not callable(obj):
-        raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: noise kind {name!r} is {obj!r}, not a function")
 
 
 PAIRFLIP_WHY = " (at 0.5 or more the flipped label would outnumber the clean one in every class)"

@@ -4,16 +4,10 @@ listing them imports nothing heavy."""
 
 from __future__ import annotations
 
-from echobench.registry import Registry
-
-def _check_selector(obj, name: str, source) -> None:
-    from echobench.errors import EchobenchError
-
-    if not callable(obj):
-        raise EchobenchError(f"{getattr(source, 'label', 'a plugin')}: selector {name!r} is {obj!r}, not a function")
+from echobench.registry import Registry, callable_check
 
 
-SELECTORS: Registry = Registry("selector", check=_check_selector)
+SELECTORS: Registry = Registry("selector", check=callable_check("selector"))
 SELECTORS.add("small-loss", "echobench.baselines.selection:small_loss")
 SELECTORS.add("bltm", "echobench.baselines.selection:bltm")
 SELECTORS.add("simifeat", "echobench.baselines.selection:simifeat")
