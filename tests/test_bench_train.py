@@ -43,6 +43,7 @@ def test_bench_train_bad_input_exits_2_with_a_message(cli, args, fragment):
     assert fragment in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # 20 s: three processes each importing torch; the single-cell bench and tests/test_packing.py run by default
 def test_bench_train_concurrent_json_on_cpu(cli):
     """One cell alone, then two at once (a process each), in one run; tiny sizes."""
     code, out, err = cli("bench", "train", "--n", 64, "--batch-size", 32, "--device", "cpu", "--warmup-steps", 1,
