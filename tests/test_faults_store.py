@@ -521,3 +521,26 @@ def test_a_file_where_a_folder_belongs_gets_one_line(cli, tmp_path, computed, wh
     assert code == 2 and str(target) in err and "file" in err
     one_line(err)
     assert computed == [] and snapshot(out) == before
+
+
+def test_two_selection_settings_of_one_noise_are_two_table4_entries():
+    """Table 4 groups selection cells by experiment (spec without seed), as the accuracy tables do:
+    two extractor settings on one dataset and noise are two entries labelled by what differs."""
+    from echobench.reporting.table4 import table4_document, table4_markdown
+
+    def cell(seed, tau):
+        spec = {"dataset": "shapes", "dataset_options": {}, "noise": "symmetric:0.3", "seed": seed,
+                "protocol": {"name": "smoke"}, "params": {"tau": tau}, "peers": {}, "precisions": [0.9],
+                "kind": "selection"}
+        result = {"echoselect": {"n": 100, "tau": tau, "n_selected": 50, "precision": 0.9, "recall": 0.5,
+                                 "auroc": 0.7, "ks_statistic": 0.3, "n_noisy": 30},
+                  "table4": {"echoselect": {"90%": 40 + seed}}, "peers": {}, "files": {}}
+        return f"{seed}-{tau}", {"spec": spec}, result
+
+    doc = table4_document([cell(1, 0.8), cell(2, 0.8), cell(1, 0.9)])
+    assert sorted((st["variant"], st["seeds"]) for st in doc["settings"]) == [("params.tau=0.8", [1, 2]),
+                                                                           ("params.tau=0.9", [1])]
+    ours = {r["variant"]: r["values"] for r in doc["records"] if r["selector"] == "echoselect"}
+    assert ours == {"params.tau=0.8": [41, 42], "params.tau=0.9": [41]}
+    assert "symmetric 30% (params.tau=0.9)" in table4_markdown(doc)
+

@@ -12,6 +12,7 @@ and the figures each cell wrote (similarity histograms, Figure 3; τ sweeps, Fig
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -42,13 +43,18 @@ def table4_document(selection_cells: list[tuple[str, dict, dict]]) -> dict[str, 
     the paper's count, EchoSelect's separation at τ per setting, and each cell's figures."""
     from echobench.reporting.paper_reference import TABLE4, TABLE4_TOTAL, paper_selected
 
-    by_setting: dict[tuple[str, str], list[tuple[str, dict, dict]]] = defaultdict(list)
+    # One entry per experiment (the cell's spec without its seed): two selection settings of one dataset
+    # and noise (another extractor, τ, peers...) are two entries, labelled by what differs, never averaged.
+    by_setting: dict[tuple[str, str, str], list[tuple[str, dict, dict]]] = defaultdict(list)
     for rid, config, result in selection_cells:
         spec = config["spec"]
-        by_setting[(spec["dataset"], spec["noise"])].append((rid, spec, result))
+        by_setting[(spec["dataset"], spec["noise"], _identity(spec))].append((rid, spec, result))
+    variants = _variant_labels(by_setting)
     records, settings, figures = [], [], []
-    for (dataset, noise) in sorted(by_setting, key=lambda k: (k[0], NoiseSpec.parse(k[1]).sort_key())):
-        cells = sorted(by_setting[(dataset, noise)], key=lambda c: c[1]["seed"])
+    for key in sorted(by_setting, key=lambda k: (k[0], NoiseSpec.parse(k[1]).sort_key(), variants[k])):
+        dataset, noise, _ = key
+        variant = variants[key]
+        cells = sorted(by_setting[key], key=lambda c: c[1]["seed"])
         seeds = [spec["seed"] for _, spec, _ in cells]
         n_train = [result["echoselect"]["n"] for _, _, result in cells]
         paper_precisions = [p for n, p, _ in TABLE4 if n == noise]
@@ -59,7 +65,8 @@ def table4_document(selection_cells: list[tuple[str, dict, dict]]) -> dict[str, 
             for selector in selectors:
                 values = [r["table4"].get(selector, {}).get(_pkey(precision)) for _, _, r in cells]
                 paper = paper_selected(noise, precision, selector, dataset)
-                rec: dict[str, Any] = {"dataset": dataset, "noise": noise, "precision": precision, "selector": selector,
+                rec: dict[str, Any] = {"dataset": dataset, "noise": noise, "variant": variant,
+                                       "precision": precision, "selector": selector,
                                        "seeds": seeds, "values": values, "n_train": n_train,
                                        "paper_selected": paper, "paper_total": TABLE4_TOTAL if paper is not None else None,
                                        "paper_share": None if paper is None else round(paper / TABLE4_TOTAL, 6)}
@@ -75,7 +82,7 @@ def table4_document(selection_cells: list[tuple[str, dict, dict]]) -> dict[str, 
                 records.append(rec)
         e = [r["echoselect"] for _, _, r in cells]
         settings.append({
-            "dataset": dataset, "noise": noise, "seeds": seeds, "n_train": n_train,
+            "dataset": dataset, "noise": noise, "variant": variant, "seeds": seeds, "n_train": n_train,
             "tau": sorted({x["tau"] for x in e}),
             **{k: round(_mean_std([x[k] for x in e])[0], 4) for k in ("n_selected", "precision", "recall", "auroc",
                                                                         "ks_statistic", "n_noisy")},
@@ -85,10 +92,38 @@ def table4_document(selection_cells: list[tuple[str, dict, dict]]) -> dict[str, 
         })
         for rid, spec, result in cells:
             files = {k: f"cells/{rid}/{v}" for k, v in result.get("files", {}).items()}
-            figures.append({"run_id": rid, "dataset": dataset, "noise": noise, "seed": spec["seed"], "files": files})
+            figures.append({"run_id": rid, "dataset": dataset, "noise": noise, "variant": variant, "seed": spec["seed"],
+                            "files": files})
     return {"caption": "Table 4: samples kept at a fixed selection accuracy (precision), ranking by each "
                        "selector's score (paper §5.3)",
             "records": records, "settings": settings, "figures": figures}
+
+
+def _identity(spec: dict) -> str:
+    return json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _variant_labels(by_setting: dict) -> dict[tuple[str, str, str], str]:
+    """"" where a dataset and noise setting has one selection experiment; else what sets it apart."""
+    labels = {}
+    for dataset, noise in {(d, n) for d, n, _ in by_setting}:
+        keys = [k for k in by_setting if k[:2] == (dataset, noise)]
+        flat = {k: _flat(json.loads(k[2])) for k in keys}
+        differing = sorted({f for k in keys for f in flat[k]
+                            if len({json.dumps(flat[o].get(f), sort_keys=True) for o in keys}) > 1})
+        for k in keys:
+            labels[k] = ", ".join(f"{f}={flat[k].get(f)}" for f in differing) if len(keys) > 1 else ""
+    return labels
+
+
+def _setting_label(noise: str, variant: str) -> str:
+    return NoiseSpec.parse(noise).label() + (f" ({variant})" if variant else "")
 
 
 def _count(mean: float, std: float | None, total: float, share: float) -> str:
@@ -111,17 +146,17 @@ def table4_markdown(doc: dict[str, Any]) -> str:
         recs = [r for r in records if r["dataset"] == dataset]
         selectors = list(dict.fromkeys(r["selector"] for r in recs))
         with_paper = [s for s in selectors if any(r["paper_selected"] is not None for r in recs if r["selector"] == s)]
-        by_key = {(r["noise"], r["precision"], r["selector"]): r for r in recs}
+        by_key = {(r["noise"], r.get("variant", ""), r["precision"], r["selector"]): r for r in recs}
         headers = ["noise", "select. acc."]
         for s in selectors:
             name = SELECTOR_TITLES.get(s, s)
             headers += [f"{name}: paper", f"{name}: ours", "Δ pp"] if s in with_paper else [f"{name}: ours"]
         headers.append("EchoSelect / BLTM: ours, paper")
         rows = []
-        for noise, precision in dict.fromkeys((r["noise"], r["precision"]) for r in recs):
-            row = [NoiseSpec.parse(noise).label(), f"{precision * 100:g}%"]
+        for noise, variant, precision in dict.fromkeys((r["noise"], r.get("variant", ""), r["precision"]) for r in recs):
+            row = [_setting_label(noise, variant), f"{precision * 100:g}%"]
             for s in selectors:
-                r = by_key.get((noise, precision, s))
+                r = by_key.get((noise, variant, precision, s))
                 ours = "—" if r is None or "mean" not in r else _count(
                     r["mean"], r["std"] if len(r["values"]) > 1 else None, float(np.mean(r["n_train"])), r["share"])
                 if s in with_paper:
@@ -131,7 +166,7 @@ def table4_markdown(doc: dict[str, Any]) -> str:
                     row += [paper, ours, diff]
                 else:
                     row.append(ours)
-            e, b = by_key.get((noise, precision, "echoselect")), by_key.get((noise, precision, "bltm"))
+            e, b = by_key.get((noise, variant, precision, "echoselect")), by_key.get((noise, variant, precision, "bltm"))
             ratio_ours = (f"{e['mean'] / b['mean']:.2f}×" if e and b and "mean" in e and "mean" in b and b["mean"] > 0
                           else "—")
             ratio_paper = (f"{e['paper_selected'] / b['paper_selected']:.2f}×"
@@ -147,7 +182,7 @@ def table4_markdown(doc: dict[str, Any]) -> str:
     for st in doc["settings"]:
         peers = "; ".join(f"{SELECTOR_TITLES.get(n, n)} {p['n_selected']:,.0f}"
                           + (f" at {p['precision']:.3f}" if p["precision"] is not None else "") for n, p in st["peers"].items())
-        rows.append([st["dataset"], NoiseSpec.parse(st["noise"]).label(), "/".join(f"{t:g}" for t in st["tau"]),
+        rows.append([st["dataset"], _setting_label(st["noise"], st.get("variant", "")), "/".join(f"{t:g}" for t in st["tau"]),
                      f"{st['n_selected']:,.0f} / {np.mean(st['n_train']):,.0f}", f"{st['precision']:.3f}",
                      f"{st['recall']:.3f}", f"{st['auroc']:.3f}", f"{st['ks_statistic']:.3f}", peers or "—"])
     parts.append(tabulate(rows, ["dataset", "noise", "τ", "kept", "precision", "recall", "AUROC", "KS",
@@ -155,7 +190,7 @@ def table4_markdown(doc: dict[str, Any]) -> str:
                           tablefmt="pipe", disable_numparse=True) + "\n")
     links = []
     for f in doc["figures"]:
-        links.append(f"- {f['dataset']} {NoiseSpec.parse(f['noise']).label()} seed {f['seed']}: "
+        links.append(f"- {f['dataset']} {_setting_label(f['noise'], f.get('variant', ''))} seed {f['seed']}: "
                      + ", ".join(f"[{FIGURE_TITLES.get(k, k)}]({v})" for k, v in f["files"].items()))
     parts.append("Figures per cell (Figure 3: similarity of clean vs noisy labels; Figure 4b: τ sweep):\n\n"
                  + "\n".join(links) + "\n")
