@@ -47,11 +47,14 @@ def cmd_report(args) -> int:
     from echobench.reporting.tables import write_reports
 
     doc = write_reports(args.dir, args.metric, include_stale=args.include_stale)
-    if args.json:
-        print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2))
-    else:
-        print(doc["markdown"])
-        print(f"cells: {doc['cells']}; wrote {', '.join(doc['written'])} in {args.dir}/ (start at index.md)")
+    return _show(doc, args.json, f"cells: {doc['cells']}; wrote {', '.join(doc['written'])} in {args.dir}/ "
+                                 "(start at index.md)")
+
+
+def _show(doc: dict, as_json: bool, summary: str) -> int:
+    """A report document: its JSON (without the Markdown), or its Markdown and a summary line."""
+    print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2) if as_json
+          else f"{doc['markdown']}\n{summary}")
     return 0
 
 
@@ -65,9 +68,4 @@ def _runtime_report(args) -> int:
     check_output_folder(out, "--out")  # only runtime.md and runtime.json are written there
     measurements = load_measurements(args.runtime)
     doc = write_runtime_report(out, measurements or None)
-    if args.json:
-        print(json.dumps({k: v for k, v in doc.items() if k != "markdown"}, indent=2))
-    else:
-        print(doc["markdown"])
-        print(f"wrote runtime.md and runtime.json in {out}/")
-    return 0
+    return _show(doc, args.json, f"wrote runtime.md and runtime.json in {out}/")
