@@ -52,9 +52,10 @@ same constants):
   `HOC_estimate_T_train.py` (SGD, no momentum, no weight decay, batch 256).
 
 How echobench maps these onto a protocol and a dataset:
-- Epochs: official lengths are read as lengths for the paper's 200-epoch protocol
-  (``reference_epochs``); with ``scale_epochs`` and a protocol of E < 200 epochs every stage gets
-  max(1, round(n·E/200)) epochs (a 10-epoch protocol: 8 + 5).
+- Epochs: the stage-length rule of `echobench.training.stages`, shared by every multi-stage method:
+  with ``scale_epochs`` and a protocol of E < 200 epochs every stage gets max(1, round(n·E/200))
+  epochs, and the warm-up (whose network gives HOC its features) at least the protocol's
+  ``ce_levels_off``.
 - Learning rates: ``lr_source="protocol"`` (default): both stages use the protocol's optimizer and rate;
   ``"official"``: SGD without momentum or weight decay at ``warmup_lr``/``forward_lr``·lr_p/0.1. Both
   stages follow the protocol's milestones scaled to their length (officially ×0.1 at epoch 50).
@@ -78,7 +79,7 @@ from echobench.errors import EchobenchError
 from echobench.training.knn import knn
 from echobench.training.method import Method, Passes, register_method
 
-from echobench.training.stages import ce_warmup_keep_best, scaled_epochs, scaled_milestones
+from echobench.training.stages import ce_warmup_keep_best, reading_epochs, scaled_epochs, scaled_milestones
 
 STAGES = ("warmup", "forward")
 PAPER_LR = 0.1
@@ -199,10 +200,10 @@ class Params:
             raise EchobenchError(f"identifiability: feature_space must be 'warmup' or 'pixels', got {self.feature_space!r}")
 
 
-def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
-    """Epochs of each training stage under a protocol of `protocol_epochs` epochs (module docstring)."""
-    out = {"warmup": scaled_epochs(params.warmup_epochs, params, protocol_epochs),
-           "forward": scaled_epochs(params.forward_epochs, params, protocol_epochs)}
+def stage_epochs(params: Params, protocol) -> dict[str, int]:
+    """Epochs of each training stage under `protocol` (the stage-length rule, `echobench.training.stages`)."""
+    out = {"warmup": reading_epochs(params.warmup_epochs, params, protocol),
+           "forward": scaled_epochs(params.forward_epochs, params, protocol.epochs)}
     if min(out.values()) < 1:
         raise EchobenchError(f"identifiability: every stage needs at least one epoch, got {out}")
     return out
@@ -241,7 +242,7 @@ class Identifiability(Method):
     def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
         """Warm-up and forward-correction epochs (a head-only forward stage is counted as full training:
         an upper bound), and one forward pass over the training split for HOC's features."""
-        e = stage_epochs(params, protocol.epochs)
+        e = stage_epochs(params, protocol)
         trained = e["warmup"] + e["forward"]
         return Passes(train=trained, train_forward=0 if params.feature_space == "pixels" else 1, evaluations=trained)
 
@@ -251,7 +252,7 @@ class Identifiability(Method):
 
     def fit(self, task) -> None:
         p = self.params
-        epochs = stage_epochs(p, task.protocol.epochs)
+        epochs = stage_epochs(p, task.protocol)
         n_warm, n_fwd = epochs["warmup"], epochs["forward"]
         model = task.new_model()
         generator = task.generator("batches")

@@ -38,10 +38,13 @@ Defaults (CIFAR-10 values for ``shapes``, ``cifar10``, ``cifar10n``; CIFAR-100 f
   echobench keeps the CIFAR-10 values with a uniform 1/100 prior.
 
 How echobench maps these onto a protocol (deliberate deviations, each a parameter):
-- Epochs: the official lengths are read as lengths for the paper's 200-epoch protocol
-  (``reference_epochs``); when ``scale_epochs`` and the protocol has E < ``reference_epochs`` epochs,
-  ``step1_epochs``, ``step2_epochs``, ``begin_epoch`` and ``window`` become max(1, round(n·E/200))
-  (under a 10-epoch protocol: 10 + 6 epochs, labels updated from epoch 4 with a 1-epoch window).
+- Epochs: the stage-length rule of `echobench.training.stages`, shared by every multi-stage method:
+  under a protocol of E < ``reference_epochs`` (200) epochs ``step1_epochs``, ``step2_epochs`` and
+  ``window`` become max(1, round(n·E/200)); ``begin_epoch`` is where labels start being replaced by
+  the network's predictions, so it reads the network and is also no earlier than the protocol's
+  ``ce_levels_off`` (under the old pure scaling, 30 epochs gave begin 11 with a network at 16–34%,
+  and 83% of the labels were changed at 50% noise). When the first step ends before ``begin_epoch``
+  the labels are never updated; the cell's diagnostics say so (`skipped_stages`).
 - Learning rates: ``lr_source="protocol"`` (default) runs both steps with the protocol's optimizer and
   learning rate, as the paper's common protocol prescribes for every method; ``"official"`` uses
   ``step1_lr``·lr_p/0.1 and ``step2_lr``·lr_p/0.1 (the official rates read against the paper
@@ -66,7 +69,7 @@ import torch.nn.functional as F
 from echobench.errors import EchobenchError
 from echobench.training.method import Method, Passes, register_method
 
-from echobench.training.stages import scaled_epochs, scaled_milestones
+from echobench.training.stages import reading_epochs, scaled_epochs, scaled_milestones
 
 STAGES = ("relabel", "retrain")
 PAPER_LR = 0.1
@@ -141,13 +144,13 @@ class Params:
             raise EchobenchError(f"joint: lr_source must be 'protocol' or 'official', got {self.lr_source!r}")
 
 
-def stage_epochs(params: Params, protocol_epochs: int) -> dict[str, int]:
-    """Epochs of each stage, and the scaled label-update start and window, under a protocol of
-    `protocol_epochs` epochs (the rule in the module docstring)."""
-    out = {"relabel": scaled_epochs(params.step1_epochs, params, protocol_epochs),
-           "retrain": scaled_epochs(params.step2_epochs, params, protocol_epochs),
-           "begin_epoch": scaled_epochs(params.begin_epoch, params, protocol_epochs),
-           "window": scaled_epochs(params.window, params, protocol_epochs)}
+def stage_epochs(params: Params, protocol) -> dict[str, int]:
+    """Epochs of each stage, and the label-update start and window, under `protocol` (the stage-length
+    rule, `echobench.training.stages`)."""
+    out = {"relabel": scaled_epochs(params.step1_epochs, params, protocol.epochs),
+           "retrain": scaled_epochs(params.step2_epochs, params, protocol.epochs),
+           "begin_epoch": reading_epochs(params.begin_epoch, params, protocol),
+           "window": scaled_epochs(params.window, params, protocol.epochs)}
     if min(out.values()) < 1:
         raise EchobenchError(f"joint: stage lengths, begin_epoch and window must be ≥ 1, got {out}")
     return out
@@ -166,17 +169,20 @@ class JointOptimization(Method):
     @classmethod
     def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
         """The relabelling network's epochs, then the retrained network's (each evaluated)."""
-        e = stage_epochs(params, protocol.epochs)
+        e = stage_epochs(params, protocol)
         trained = e["relabel"] + e["retrain"]
         return Passes(train=trained, evaluations=trained)
 
     def diagnostics(self) -> dict:
         fraction = getattr(self, "relabelled_fraction", None)
-        return {} if fraction is None else {"relabelled_fraction": fraction}
+        out = {} if fraction is None else {"relabelled_fraction": fraction}
+        if getattr(self, "skipped", None):
+            out["skipped_stages"] = self.skipped
+        return out
 
     def fit(self, task) -> None:
         p = self.params
-        epochs = stage_epochs(p, task.protocol.epochs)
+        epochs = stage_epochs(p, task.protocol)
         n1, n2, begin, window = epochs["relabel"], epochs["retrain"], epochs["begin_epoch"], epochs["window"]
         official = p.lr_source == "official"
         lr_scale = task.protocol.lr / PAPER_LR
@@ -185,6 +191,9 @@ class JointOptimization(Method):
         position = torch.full((int(train.indices.max()) + 1,), -1, dtype=torch.long, device=train.indices.device)
         position[train.indices] = torch.arange(n, device=train.indices.device)
         labels = LabelUpdater(train.labels, c, window=window, begin=begin)
+        if begin > n1:  # rule 3 of the stage-length rule: say so rather than run a relabelling that never relabels
+            self.skipped = {"label update": f"the first step ends at epoch {n1}, before label updates begin at epoch "
+                                            f"{begin}: the labels stay the noisy ones"}
         prior = torch.full((c,), 1.0 / c, device=task.device)
         generator = task.generator("batches")
         epoch = 0

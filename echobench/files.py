@@ -118,3 +118,18 @@ def _jsonable(obj: Any) -> Any:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def save_png(fig, path) -> None:
+    """Write a matplotlib figure as PNG to `path` atomically (a temporary name beside it, then a rename;
+    the user's umask, not mkstemp's 0600) and close the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())

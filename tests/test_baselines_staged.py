@@ -15,6 +15,7 @@ import echobench.baselines.joint as joint
 import echobench.baselines.t_revision as trev
 import echobench.training.knn as knn_module
 from echobench.training.method import METHODS
+from echobench.training.protocols import get_protocol
 
 
 
@@ -105,10 +106,29 @@ def test_t_revision_defaults_and_epoch_scaling():
     c10, c100 = trev.TRevision.default_params("cifar10"), trev.TRevision.default_params("cifar100")
     assert (c10.warmup_epochs, c10.anchor_percentile, c10.revision_lr) == (20, 97.0, 5e-7)
     assert (c100.warmup_epochs, c100.anchor_percentile) == (15, None)
-    assert trev.stage_epochs(c10, 200) == {"warmup": 20, "reweight": 200, "revision": 200}
-    assert trev.stage_epochs(c10, 300) == {"warmup": 20, "reweight": 200, "revision": 200}
-    assert trev.stage_epochs(c10, 10) == {"warmup": 1, "reweight": 10, "revision": 10}
-    assert trev.stage_epochs(trev.Params(scale_epochs=False, warmup_epochs=3), 10)["warmup"] == 3
+    assert trev.stage_epochs(c10, _protocol(200)) == {"warmup": 20, "reweight": 200, "revision": 200}
+    assert trev.stage_epochs(c10, _protocol(300)) == {"warmup": 20, "reweight": 200, "revision": 200}
+    assert trev.stage_epochs(c10, _protocol(10)) == {"warmup": 1, "reweight": 10, "revision": 10}
+    # rule 2: the warm-up reads its network, so it waits for CE to level off; the other stages scale
+    assert trev.stage_epochs(c10, _protocol(40, levels_off=12)) == {"warmup": 12, "reweight": 40, "revision": 40}
+    assert trev.stage_epochs(c10, _protocol(400, levels_off=12))["warmup"] == 20  # the official length when longer
+    assert trev.stage_epochs(trev.Params(scale_epochs=False, warmup_epochs=3), _protocol(10, levels_off=5))["warmup"] == 3
+
+
+def _protocol(epochs: int, levels_off: int = 0):
+    return get_protocol("smoke", {"epochs": epochs, "ce_levels_off": levels_off})
+
+
+def test_t_revision_skips_a_revision_stage_that_cannot_move_t(tiny_run):
+    """Rule 3: Adam at the official 5e-7 over a short stage cannot move ΔT by 0.01; the stage is skipped
+    and the cell says why. With a reach above the floor it runs."""
+    stages = {"scale_epochs": False, "warmup_epochs": 1, "reweight_epochs": 1, "revision_epochs": 1}
+    skipped = tiny_run("t-revision", params=stages)
+    assert "5e-07" in skipped["diagnostics"]["skipped_stages"]["revision"]
+    assert [c["extra"]["stage"] for c in skipped["curves"]] == [0.0, 1.0]  # no revision epoch ran
+    kept = tiny_run("t-revision", params={**stages, "revision_lr": 1e-3})  # 1e-3 × 85 steps ≥ 0.01
+    assert "skipped_stages" not in kept["diagnostics"]
+    assert [c["extra"]["stage"] for c in kept["curves"]] == [0.0, 1.0, 2.0]
 
 
 # --- Joint Optimization ------------------------------------------------------------------------
@@ -147,8 +167,11 @@ def test_label_update_is_the_mean_of_the_last_window_predictions():
 def test_joint_defaults_and_epoch_scaling():
     d = joint.JointOptimization.default_params("cifar10")
     assert (d.alpha, d.beta, d.step1_lr, d.step2_lr, d.begin_epoch, d.window) == (1.2, 0.8, 0.08, 0.2, 70, 10)
-    assert joint.stage_epochs(d, 200) == {"relabel": 200, "retrain": 120, "begin_epoch": 70, "window": 10}
-    assert joint.stage_epochs(d, 10) == {"relabel": 10, "retrain": 6, "begin_epoch": 4, "window": 1}
+    assert joint.stage_epochs(d, _protocol(200)) == {"relabel": 200, "retrain": 120, "begin_epoch": 70, "window": 10}
+    assert joint.stage_epochs(d, _protocol(10)) == {"relabel": 10, "retrain": 6, "begin_epoch": 4, "window": 1}
+    assert joint.stage_epochs(d, _protocol(40, levels_off=12)) == {"relabel": 40, "retrain": 24, "begin_epoch": 14,
+                                                                   "window": 2}
+    assert joint.stage_epochs(d, _protocol(40, levels_off=20))["begin_epoch"] == 20
 
 
 # --- Identifiability (HOC) ---------------------------------------------------------------------
@@ -211,7 +234,8 @@ def test_forward_loss_is_ce_for_identity_and_matches_hand_computation():
 def test_identifiability_defaults():
     d = ident.Identifiability.default_params("cifar100")
     assert (d.rounds, d.sample_size, d.hoc_steps, d.hoc_lr, d.feature_space) == (50, 15000, 1500, 0.1, "warmup")
-    assert ident.stage_epochs(d, 10) == {"warmup": 8, "forward": 5}
+    assert ident.stage_epochs(d, _protocol(10)) == {"warmup": 8, "forward": 5}
+    assert ident.stage_epochs(d, _protocol(10, levels_off=9)) == {"warmup": 9, "forward": 5}
 
 
 # --- end to end on the tiny shapes setting -----------------------------------------------------
@@ -219,7 +243,8 @@ def test_identifiability_defaults():
 END_TO_END = {
     # The tiny setting learns slowly (CE ≈ 0.24 after 8 epochs): T-Revision needs a warm-up long
     # enough for a usable T̂ (after one epoch T̂ is near-uniform and the reweighting collapses).
-    "t-revision": ({"scale_epochs": False, "warmup_epochs": 8, "reweight_epochs": 3, "revision_epochs": 2},
+    "t-revision": ({"scale_epochs": False, "warmup_epochs": 8, "reweight_epochs": 3, "revision_epochs": 2,
+                    "min_revision_reach": 0.0},  # run the revision stage even though it cannot move T̂ here
                    {"warmup": 8, "reweight": 3, "revision": 2}),
     "joint": ({"scale_epochs": False, "step1_epochs": 7, "begin_epoch": 5, "window": 2, "step2_epochs": 4},
               {"relabel": 7, "retrain": 4}),
@@ -260,7 +285,7 @@ def test_params_reject_unknown_choices():
 
 @pytest.mark.parametrize("name, params", [
     ("t-revision", {"scale_epochs": False, "warmup_epochs": 1, "reweight_epochs": 1, "revision_epochs": 1,
-                    "lr_source": "official", "official_correction_bug": True}),
+                    "lr_source": "official", "official_correction_bug": True, "min_revision_reach": 0.0}),
     ("joint", {"scale_epochs": False, "step1_epochs": 2, "begin_epoch": 1, "window": 3, "step2_epochs": 1,
                "lr_source": "official", "step2_hard": True}),
     ("identifiability", {"scale_epochs": False, "warmup_epochs": 1, "forward_epochs": 1, "hoc_steps": 20,

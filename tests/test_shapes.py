@@ -231,3 +231,26 @@ def test_deformed_silhouettes_lie_between_the_two_classes(world):
         pure, other = object_alpha(32, own, *pose), object_alpha(32, target, *pose)
         assert iou(morphed, other) > iou(pure, other)
         assert iou(morphed, pure) > iou(other, pure)
+
+
+def test_the_world_version_is_part_of_every_cell_id_and_echomod_cache_key(monkeypatch):
+    """A changed generator (a new WORLD_VERSION) gives new run ids and EchoMod cache keys, so a results
+    directory or cache never mixes images of two versions; a loader refuses a version it cannot render."""
+    import echobench.data.shapes as shapes
+    from echobench.data.base import dataset_identity
+    from echobench.echoalign.cache import dataset_key
+    from echobench.harness.suite import parse_suite
+
+    suite = {"name": "w", "datasets": {"shapes": {"n_train": 50, "n_test": 10}}, "noise": ["symmetric:0.3"],
+             "methods": ["ce"], "seeds": [1], "protocol": "smoke"}
+    (spec,) = parse_suite(suite, "test").expand()
+    assert spec.dataset_options == {"n_test": 10, "n_train": 50, "world": shapes.WORLD_VERSION}
+    assert dataset_identity("shapes", {"n_train": 50})["world"] == shapes.WORLD_VERSION
+    key = dataset_key("shapes", {"n_train": 50, "n_test": 10})
+    assert key == dataset_key("shapes", spec.dataset_options)  # with or without `world` written out
+    monkeypatch.setattr(shapes.load_shapes, "identity", {"world": shapes.WORLD_VERSION + 1})
+    (changed,) = parse_suite(suite, "test").expand()
+    assert changed.run_id != spec.run_id
+    assert dataset_key("shapes", {"n_train": 50, "n_test": 10}) != key
+    with pytest.raises(EchobenchError, match=f"renders world version {shapes.WORLD_VERSION}, not 99"):
+        load_shapes(ROOT, n_train=5, n_test=5, world=99)

@@ -182,7 +182,7 @@ def plot_grid(rows: dict[str, np.ndarray], captions: list[str], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from echobench.echoalign.echoselect import save_png
+    from echobench.files import save_png
 
     columns = max(1, len(captions))
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1.6, 1.2 * len(rows)), squeeze=False)

@@ -63,6 +63,16 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> None:
     check_options(DATASETS.get(name), options, f"dataset {name!r}", skip=("root",))
 
 
+def dataset_identity(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """`options` with the loader's identity fields filled in, sorted by key: what a cell spec and an
+    EchoMod cache key record of the dataset. A loader may declare `identity` (a dict attribute) for
+    options that are always part of what it returns, such as the version of a generated world
+    (`shapes`' `world`): a results directory or cache then never mixes images of two generator
+    versions, because their run ids and cache keys differ."""
+    loader = DATASETS.get(name)
+    return dict(sorted({**getattr(loader, "identity", {}), **(options or {})}.items()))
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options: Any) -> Dataset:
     check_dataset_options(name, options)
     loader = DATASETS.get(name)

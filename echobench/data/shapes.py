@@ -24,6 +24,12 @@ by one of three kinds (`AMBIGUITY_KINDS`):
 `CONFUSABLE` maps each class to the visually closest one, so noise and classifier confusions have a
 known structure to be measured against.
 
+World version. `WORLD_VERSION` names the generator: any change to what an argument list renders bumps
+it. It is an identity field of the loader (`load_shapes.identity`, see
+`echobench.data.base.dataset_identity`), so every cell spec and EchoMod cache key of `shapes` records
+`world`, and cells or cached images of another version are never mixed with this one's. A loader
+asked for another version refuses: this code can render only its own.
+
 Determinism. Only `np.random.default_rng` streams are used: the train part from
 `default_rng([seed, 0])`, the test part from `default_rng([seed, 1])`, each background from its own
 `default_rng(bg_seed)`. The same arguments give byte-identical arrays (for a given NumPy and OpenCV);
@@ -77,6 +83,7 @@ _RADIUS_RANGE = (7.0, 13.0)
 _MARGIN = 0.75  # centre at least this many radii from the border: objects stay (mostly) inside
 _BLUR_RANGE = (0.16, 0.3)  # sigma / radius; below ~0.15 the corners of a pentagon still show
 _MORPH_RANGE = (0.35, 0.65)
+WORLD_VERSION = 1  # bump on any change to the rendered images or labels (see "World version")
 _OCC_HALF_WIDTH = (0.25, 0.4)  # bar half-width / radius
 _OCC_OFFSET = 0.35  # |bar centre line - object centre| / radius, at most
 
@@ -319,12 +326,16 @@ def load_shapes(
     seed: int = 0,
     ambiguous_fraction: float = 0.2,
     image_size: int = 32,
+    world: int = WORLD_VERSION,
 ) -> Dataset:
     """The shapes world for these arguments (`root` is unused: nothing is downloaded).
 
     The image and hidden arrays are shared with an in-process cache and read-only; the `Dataset`
     and its dicts are new on every call.
     """
+    if world != WORLD_VERSION:
+        raise EchobenchError(f"shapes: this echobench renders world version {WORLD_VERSION}, not {world!r}; results "
+                             f"of another version need the echobench that made them (or recompute them without `world:`)")
     n_train = _check_int("n_train", n_train, 1)
     n_test = _check_int("n_test", n_test, 1)
     seed = _check_int("seed", seed, 0)
@@ -348,6 +359,7 @@ def load_shapes(
         extras={
             "hidden": {"train": dict(train_h), "test": dict(test_h)},
             "world": {
+                "version": WORLD_VERSION,
                 "seed": seed,
                 "ambiguous_fraction": ambiguous_fraction,
                 "image_size": image_size,
@@ -356,3 +368,7 @@ def load_shapes(
             },
         },
     )
+
+
+# Always part of the dataset's identity (`echobench.data.base.dataset_identity`).
+load_shapes.identity = {"world": WORLD_VERSION}

@@ -88,7 +88,12 @@ def cache_root(explicit: str | os.PathLike | None = None, data_dir: str | os.Pat
 
 
 def dataset_key(name: str, options: dict[str, Any] | None) -> str:
-    """`name`, plus a digest of the loader options when there are any (they change the images)."""
+    """`name`, plus a digest of the loader options when there are any (they change the images), the
+    loader's identity fields included (`dataset_identity`: e.g. the `shapes` world's version)."""
+    from echobench.data.base import DATASETS, dataset_identity
+
+    if name in DATASETS:  # an unregistered name (a plugin dataset not imported here) keeps its options as given
+        options = dataset_identity(name, options)
     if not options:
         return name
     return f"{name}-{config_digest(dict(options))[:10]}"

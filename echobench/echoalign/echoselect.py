@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from echobench.errors import EchobenchError
+from echobench.files import save_png
 
 SIMILARITY_BACKENDS = ("auto", "faiss", "torch")
 TABLE4_PRECISIONS = (0.94, 0.96, 0.98, 0.99)
@@ -177,23 +178,6 @@ def plot_histograms(similarity: np.ndarray, is_clean: np.ndarray, tau: float, pa
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_png(fig, path)
-
-
-def save_png(fig, path) -> None:
-    """Write a matplotlib figure as PNG to `path` atomically (`echobench.files`: a temporary name beside
-    it, then a rename; the user's umask, not mkstemp's 0600) and close the figure."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from echobench.files import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def exact_released_differences(originals: np.ndarray, modified: np.ndarray, tau: float, *, strict: bool,

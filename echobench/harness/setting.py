@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from echobench.echoalign.methods import EchoAlignParams, modify_task_pairs, resolve_tau, similarity_of_pairs
-from echobench.echoalign.echoselect import TABLE4_PRECISIONS, plot_histograms, save_png, separation, table4_view, tau_sweep
+from echobench.echoalign.echoselect import TABLE4_PRECISIONS, plot_histograms, separation, table4_view, tau_sweep
+from echobench.files import save_png
 from echobench.checks import check_seed
-from echobench.data.base import check_dataset_options
+from echobench.data.base import check_dataset_options, dataset_identity
 from echobench.errors import EchobenchError
 from echobench.training.protocols import get_protocol
 from echobench.files import atomic_write_json, atomic_write_text
@@ -56,7 +57,7 @@ def setting_task(dataset: str, dataset_options: dict, noise: str, seed: int, *, 
     check_dataset_options(dataset, dataset_options)
     ctx = ctx or default_context(device="cpu")
     protocol = get_protocol(protocol).to_dict() if isinstance(protocol, str) else dict(protocol)
-    spec = RunSpec(dataset, dict(dataset_options), noise, "echoalign", {}, int(seed), protocol)
+    spec = RunSpec(dataset, dataset_identity(dataset, dataset_options), noise, "echoalign", {}, int(seed), protocol)
     data = get_dataset(dataset, spec.dataset_options, ctx.data_root)
     noisy = make_noisy_labels(spec, data)
     task, (train_idx, _) = build_task(spec, data, noisy, ctx)

@@ -63,7 +63,7 @@ from typing import Any
 
 from echobench.checks import check_fields, check_seed, check_seeds, safe_name
 from echobench.data import DATASETS
-from echobench.data.base import check_dataset_options
+from echobench.data.base import check_dataset_options, dataset_identity
 from echobench.errors import EchobenchError
 from echobench.training.method import METHODS
 from echobench.data.noise import NoiseSpec
@@ -216,7 +216,7 @@ class Suite:
             ):
                 method_cls = METHODS.get(method)
                 params = dataclasses.asdict(method_cls.resolve_params(ds, overrides_m))
-                spec = RunSpec(ds, dict(sorted(ds_opts.items())), noise, method, params, int(seed), protocol)
+                spec = RunSpec(ds, dataset_identity(ds, ds_opts), noise, method, params, int(seed), protocol)
                 cells.setdefault(spec.run_id, spec)
         return list(cells.values())
 
@@ -231,7 +231,7 @@ class Suite:
             sel = block["selection"]
             for (ds, ds_opts), noise, seed in itertools.product(block["datasets"], block["noise"], seeds or block["seeds"]):
                 params = _selection_params(ds, sel["params"])
-                spec = SelectionSpec(ds, dict(sorted(ds_opts.items())), noise, int(seed), protocol, params,
+                spec = SelectionSpec(ds, dataset_identity(ds, ds_opts), noise, int(seed), protocol, params,
                                      sel["peers"], sel["precisions"])
                 cells.setdefault(spec.run_id, spec)
         return list(cells.values())

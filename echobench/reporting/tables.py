@@ -333,7 +333,8 @@ def write_reports(results_dir: str | Path, metric: str = "best_val", include_sta
     from echobench.reporting.index_page import collect_cells, read_results
 
     read = read_results(results_dir, include_stale)
-    tables, info = collect(results_dir, metric, read=read)
+    by_metric = {m: collect(results_dir, m, read=read) for m in METRICS}
+    tables, info = by_metric[metric]
     kinds = collect_cells(results_dir, read=read)
     counts = kinds["counts"]
     if not tables and not kinds["cells"]["selection"] and not kinds["cells"]["runtime"]:
@@ -352,11 +353,13 @@ def write_reports(results_dir: str | Path, metric: str = "best_val", include_sta
            "damaged": [{"run_id": c.run_id, "problem": c.problem} for c in read["damaged"]],
            "notes": read["notes"]}
     with writing(f"the report into {root}"):
-        return _write_report_files(root, doc, tables, kinds, info, metric, counts)
+        return _write_report_files(root, doc, tables, kinds, info, metric, counts,
+                                   {m: t for m, (t, _) in by_metric.items()})
 
 
 def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict, info: dict, metric: str,
-                        counts: dict) -> dict[str, Any]:
+                        counts: dict, tables_by_metric: dict[str, list[Table]]) -> dict[str, Any]:
+    from echobench.reporting import paper_agreement
     from echobench.reporting.index_page import commands, write_index
     from echobench.reporting.runtime_tables import runtime_document, runtime_markdown
     from echobench.reporting.table4 import table4_document, table4_markdown
@@ -368,6 +371,13 @@ def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict,
         if comparison:  # a dataset the paper reports (CIFAR-10/100, CIFAR-10N): its numbers beside ours
             doc["paper"] = comparison
             parts.append(paper_markdown(tables, comparison))
+        agreement = paper_agreement.agreement(tables_by_metric)
+        if agreement:  # columns the paper reports (or, for shapes, its CIFAR-10 analog): ranks and beat-CE counts
+            doc["agreement"] = {"columns": agreement, "summary": paper_agreement.metric_agreement(agreement)}
+            parts.append(paper_agreement.agreement_markdown(agreement, metric, METRIC_TITLES))
+            for name in paper_agreement.write_figures(root, agreement, metric, METRIC_TITLES[metric]):
+                reports.append((name, "figure: the paper's accuracy against ours in one column, a point per method"))
+            holds.append("agreement with the paper (Spearman, baselines beating CE) per column and metric")
         holds.append("accuracy tables (the paper's Tables 1–3 layout)" + (", the paper's numbers beside ours" if comparison else ""))
         atomic_write_text(root / "report.tex", to_latex(tables, metric))
         atomic_write_text(root / "report.csv", to_csv(tables, metric))

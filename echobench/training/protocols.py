@@ -16,7 +16,9 @@ step has one static shape. Both change the numbers a cell produces (fused kernel
 differently; dropped samples change the steps), so both are part of a cell's identity — but only when
 they differ from their defaults: `to_dict` (the protocol inside every cell's canonical spec) leaves
 out `EXECUTION_DEFAULTS` at their default values, so every run id from before these fields existed
-is unchanged. `paper-compiled` is `paper` with `compile: true, last_batch: drop`.
+is unchanged. `paper-compiled` is `paper` with `compile: true, last_batch: drop`. `ce_levels_off`
+(the floor of the stages that read a CE network, `echobench.training.stages`) is left out the same
+way at 0.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class Protocol:
     # Left out of `to_dict` at their defaults (see the module docstring), so run ids did not change.
     last_batch: str = "keep"  # keep | drop: the last partial training batch of each epoch
     compile: bool = False  # torch.compile the training step of Task.train_epoch (needs last_batch: drop)
+    # The epoch by which CE's noisy-validation accuracy has levelled off under this protocol, measured
+    # with CE alone; the floor of every stage that reads a CE network (`echobench.training.stages`,
+    # rule 2). 0: not measured, no floor (the paper protocol keeps the official stage lengths).
+    ce_levels_off: int = 0
 
     def resolved_model(self, num_classes: int) -> str:
         if self.model != "auto":
@@ -79,6 +85,8 @@ class Protocol:
             raise EchobenchError(f"protocol {self.name!r}: optimizer must be sgd or adam, got {self.optimizer!r}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise EchobenchError(f"protocol {self.name!r}: milestones must be increasing epoch numbers")
+        if not 0 <= self.ce_levels_off <= self.epochs:
+            raise EchobenchError(f"protocol {self.name!r}: ce_levels_off must be an epoch in 0..epochs, got {self.ce_levels_off}")
         if self.last_batch not in ("keep", "drop"):
             raise EchobenchError(f"protocol {self.name!r}: last_batch must be keep or drop, got {self.last_batch!r}")
         if self.compile and self.last_batch != "drop":
@@ -97,7 +105,7 @@ class Protocol:
 
 
 # Fields added after run ids were first committed: at these values they are left out of `to_dict`.
-EXECUTION_DEFAULTS: dict[str, Any] = {"last_batch": "keep", "compile": False}
+EXECUTION_DEFAULTS: dict[str, Any] = {"last_batch": "keep", "compile": False, "ce_levels_off": 0}
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")

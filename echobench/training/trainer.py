@@ -215,6 +215,11 @@ class Task:
     def new_scheduler(self, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(self.protocol.milestones), gamma=self.protocol.gamma)
 
+    def steps_per_epoch(self, split: DeviceSplit | None = None) -> int:
+        """Optimizer steps of one training epoch over `split` (the training split), as `batches` yields them."""
+        n, bs = len(split if split is not None else self.train), self.protocol.batch_size
+        return n // bs if self.protocol.last_batch == "drop" and n >= bs else -(-n // bs)
+
     def batches(self, split: DeviceSplit, generator: torch.Generator, *, augment_images: bool = True, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled training batches (x normalized, y, dataset index). The last partial batch is kept,
         or dropped under the protocol's `last_batch: drop` (unless it is the only batch: a split smaller
