@@ -2,7 +2,10 @@
 
 The ResNets are the CIFAR variant used by the paper and its baselines (kuangliu/pytorch-cifar
 `models/resnet.py`): a 3×3 stride-1 stem and no max-pool, so 32×32 inputs keep their resolution into
-the first stage. `small-cnn` and `tiny-cnn` are the registered twins that make CPU runs and tests fast.
+the first stage. `small-cnn` and `tiny-cnn` are the registered twins that make CPU runs and tests fast;
+`small-cnn-mlp` (a 512-unit ReLU layer between the pooled features and the classifier) is the `shapes`
+protocol's network, and `medium-cnn` (twice the widths) the wider one its probes tried
+(reports/shapes-protocol/).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def cifar_resnet(num_blocks: list[int], num_classes: int, width: int = 64):
     return CifarResNet()
 
 
-def simple_cnn(num_classes: int, widths: tuple[int, ...]):
+def simple_cnn(num_classes: int, widths: tuple[int, ...], hidden: int = 0):
     """conv-BN-ReLU stages at full, 1/2, 1/4, ... resolution (2× max-pool between them), then global
     average pooling and a linear head. One narrow conv at full resolution keeps corners visible
     while staying cheap on CPU; the widths double as the resolution halves."""
@@ -95,10 +98,11 @@ def simple_cnn(num_classes: int, widths: tuple[int, ...]):
                 layers += [nn.Conv2d(in_ch, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
                 in_ch = w
             self.body = nn.Sequential(*layers)
-            self.linear = nn.Linear(in_ch, num_classes)
+            self.head = nn.Sequential(nn.Linear(in_ch, hidden), nn.ReLU(inplace=True)) if hidden else nn.Identity()
+            self.linear = nn.Linear(hidden or in_ch, num_classes)
 
         def features(self, x):
-            return self.body(x).mean(dim=(2, 3))
+            return self.head(self.body(x).mean(dim=(2, 3)))
 
         def forward(self, x):
             return self.linear(self.features(x))
@@ -109,6 +113,8 @@ def simple_cnn(num_classes: int, widths: tuple[int, ...]):
 NETWORKS.add("resnet18", lambda num_classes: cifar_resnet([2, 2, 2, 2], num_classes))
 NETWORKS.add("resnet34", lambda num_classes: cifar_resnet([3, 4, 6, 3], num_classes))
 NETWORKS.add("small-cnn", lambda num_classes: simple_cnn(num_classes, (16, 32, 64, 128)))
+NETWORKS.add("medium-cnn", lambda num_classes: simple_cnn(num_classes, (32, 64, 128, 256), hidden=512))
+NETWORKS.add("small-cnn-mlp", lambda num_classes: simple_cnn(num_classes, (16, 32, 64, 128), hidden=512))
 NETWORKS.add("tiny-cnn", lambda num_classes: simple_cnn(num_classes, (8, 16, 32)))
 NETWORKS.add("co-teaching-cnn", "echobench.baselines.co_teaching:co_teaching_cnn")  # Co-teaching's 9-layer CNN
 
