@@ -239,7 +239,7 @@ class Identifiability(Method):
         return task.new_optimizer(params)
 
     @classmethod
-    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         """Warm-up and forward-correction epochs (a head-only forward stage is counted as full training:
         an upper bound), and one forward pass over the training split for HOC's features."""
         e = stage_epochs(params, protocol)

@@ -167,7 +167,7 @@ class JointOptimization(Method):
         return Params()  # CIFAR-100 has no official configuration: the CIFAR-10 values (docstring)
 
     @classmethod
-    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         """The relabelling network's epochs, then the retrained network's (each evaluated)."""
         e = stage_epochs(params, protocol)
         trained = e["relabel"] + e["retrain"]

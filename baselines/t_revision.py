@@ -47,7 +47,7 @@ How echobench maps these onto a protocol (deliberate deviations, each a paramete
   (`stages.reach` = lr·steps). Officially (200 epochs × 352 steps at 5e-7) the reach is 0.035; under
   a 30-epoch protocol on 3,600 images it is 0.0017, and the stage cost 40% of a cell while changing
   T̂ by 0.09 summed over its 100 entries. The dry run's cost model counts the stage either way (an
-  upper bound). ``scale_epochs=False`` takes the numbers as given.
+  upper bound) unless told the training split's size. ``scale_epochs=False`` takes the numbers as given.
 - Learning rates. ``lr_source="protocol"`` (default): the warm-up and reweight stages use the
   protocol's optimizer and learning rate, which is what the paper's common protocol prescribes for
   every method (SGD lr 0.1, momentum 0.9, weight decay 1e-4). ``lr_source="official"``: the official
@@ -78,7 +78,7 @@ from echobench.errors import EchobenchError
 from echobench.training.method import Method, Passes, register_method, uses_cifar100_defaults
 
 from echobench.training.stages import ce_warmup_keep_best, reach, reading_epochs, scaled_epochs, scaled_milestones
-from echobench.training.trainer import model_state
+from echobench.training.trainer import model_state, steps_per_epoch
 
 STAGES = ("warmup", "reweight", "revision")
 PAPER_LR = 0.1  # the paper protocol's SGD learning rate, the base the official rates are read against
@@ -166,6 +166,12 @@ def stage_epochs(params: Params, protocol) -> dict[str, int]:
     return out
 
 
+def revision_skipped(params: Params, protocol, steps: int) -> bool:
+    """Rule 3 of the stage-length rule for the revision stage: Adam at ``revision_lr`` for `steps` steps
+    cannot move any entry of ΔT by ``min_revision_reach``."""
+    return reach(params.revision_lr, steps) < params.min_revision_reach
+
+
 @register_method("t-revision")
 class TRevision(Method):
     """Warm-up CE → anchor-point T̂ → importance reweighting → revision of T̂ by ΔT."""
@@ -179,10 +185,12 @@ class TRevision(Method):
         return Params()
 
     @classmethod
-    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params: Params, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         """Warm-up, reweight and revision epochs (each evaluated; the last two also score the forward-
         corrected validation accuracy), and one forward pass over the training split for T̂."""
         e = stage_epochs(params, protocol)
+        if n_train is not None and revision_skipped(params, protocol, e["revision"] * steps_per_epoch(n_train, protocol)):
+            e["revision"] = 0
         trained = e["warmup"] + e["reweight"] + e["revision"]
         return Passes(train=trained, train_forward=1, evaluations=trained, val_forward=e["reweight"] + e["revision"])
 
@@ -230,7 +238,7 @@ class TRevision(Method):
 
         # --- stage 2: revision — learn ΔT with the network, β not detached ----------------------
         steps = n_rev * task.steps_per_epoch()
-        if reach(p.revision_lr, steps) < p.min_revision_reach:
+        if revision_skipped(p, task.protocol, steps):
             self.skipped = {"revision": f"Adam at lr {p.revision_lr:g} for {steps} steps moves any entry of ΔT by at "
                                         f"most {reach(p.revision_lr, steps):.2g} < {p.min_revision_reach:g}: it cannot "
                                         f"revise T̂ at this protocol's length"}

@@ -141,7 +141,7 @@ class SampleSelectionMethod(Method):
         """One loss per network for this batch (float32 `logits` of each network, same order)."""
 
     @classmethod
-    def passes(cls, params, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         """Every network trains and is evaluated every epoch."""
         k = len(cls.model_streams)
         return Passes(train=k * protocol.epochs, evaluations=k * protocol.epochs)

@@ -45,7 +45,7 @@ def test_declared_passes_equal_the_images_a_run_pushes_through_its_networks(coun
     params = method.resolve_params("shapes", {})
     diag = result["diagnostics"]
     kept = diag["n_kept_original"] / diag["n_train"] if "n_kept_original" in diag else 1.0
-    p = method.passes(params, protocol, kept_fraction=kept)
+    p = method.passes(params, protocol, kept_fraction=kept, n_train=n_train)
     assert counted["train"] == pytest.approx(p.train * n_train)
     assert counted["forward"] == pytest.approx(p.train_forward * n_train + p.evaluations * (n_val + n_test)
                                                + p.val_forward * n_val)

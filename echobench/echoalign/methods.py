@@ -238,7 +238,7 @@ class SelectionOnly(_Aligning):
     """Table 3 ablation: the selected originals alone (the rest dropped)."""
 
     @classmethod
-    def passes(cls, params, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         return Passes(train=protocol.epochs * kept_fraction, evaluations=protocol.epochs)
 
     def fit(self, task) -> None:
@@ -264,7 +264,7 @@ class EchoAlignReleased(_Aligning):
     Params = ReleasedParams
 
     @classmethod
-    def passes(cls, params: ReleasedParams, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params: ReleasedParams, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         """The union (kept originals + every modified image) for the protocol's epochs, then the
         fine-tune epochs on the kept originals."""
         from echobench.training.stages import scaled_epochs

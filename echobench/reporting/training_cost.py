@@ -105,7 +105,7 @@ def cell_gflop(spec, data_root: str | None = None) -> float:
     n_train = int(round(n * (1.0 - protocol.val_fraction)))  # as noise.split_train_val
     n_val = n - n_train
     method = METHODS.get(spec.method)
-    p = method.passes(method.resolve_params(spec.dataset, spec.method_params), protocol)
+    p = method.passes(method.resolve_params(spec.dataset, spec.method_params), protocol, n_train=n_train)
     f = forward_gflop(protocol.resolved_model(classes), classes, side)
     forward_only = p.train_forward * n_train + p.evaluations * (n_val + n_test) + p.val_forward * n_val
     return f * (BACKWARD_FACTOR * p.train * n_train + forward_only)

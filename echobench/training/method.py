@@ -182,11 +182,13 @@ class Method(abc.ABC):
         """Train on `task`, recording one `EpochRecord` per epoch in `task.history`."""
 
     @classmethod
-    def passes(cls, params: Any, protocol, kept_fraction: float = 1.0) -> Passes:
+    def passes(cls, params: Any, protocol, kept_fraction: float = 1.0, n_train: int | None = None) -> Passes:
         """The data passes of one `fit` under `protocol` (`Passes`); override with the method's stages.
         `kept_fraction` is EchoSelect's share of kept originals, for the methods whose training set
-        depends on it (1.0, an upper bound, when not known). Default: one network, one evaluated
-        epoch per protocol epoch."""
+        depends on it (1.0, an upper bound, when not known); `n_train` the size of the training split,
+        for the methods whose stages depend on it (T-Revision skips a revision stage too short to act;
+        None: not known, count every stage, an upper bound). Default: one network, one evaluated epoch
+        per protocol epoch."""
         return Passes(train=protocol.epochs, evaluations=protocol.epochs)
 
     def diagnostics(self) -> dict[str, Any]:

@@ -168,6 +168,13 @@ class History:
         return [r.__dict__.copy() for r in self.records]
 
 
+def steps_per_epoch(n_train: int, protocol) -> int:
+    """Optimizer steps of one epoch over `n_train` samples under `protocol` (its batch size and
+    `last_batch`), as `Task.batches` yields them."""
+    bs = protocol.batch_size
+    return n_train // bs if protocol.last_batch == "drop" and n_train >= bs else -(-n_train // bs)
+
+
 @dataclass
 class Task:
     """Everything a method may see: images and noisy labels of train and validation, the clean test
@@ -217,8 +224,7 @@ class Task:
 
     def steps_per_epoch(self, split: DeviceSplit | None = None) -> int:
         """Optimizer steps of one training epoch over `split` (the training split), as `batches` yields them."""
-        n, bs = len(split if split is not None else self.train), self.protocol.batch_size
-        return n // bs if self.protocol.last_batch == "drop" and n >= bs else -(-n // bs)
+        return steps_per_epoch(len(split if split is not None else self.train), self.protocol)
 
     def batches(self, split: DeviceSplit, generator: torch.Generator, *, augment_images: bool = True, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled training batches (x normalized, y, dataset index). The last partial batch is kept,
