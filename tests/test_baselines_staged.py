@@ -297,3 +297,12 @@ def test_optional_paths_run(tiny_run, name, params):
     result = tiny_run(name, params=params)
     assert all(math.isfinite(c["train_loss"]) for c in result["curves"])
     assert result["metrics"]["epochs"] == sum(v for k, v in params.items() if k.endswith("_epochs"))
+
+
+def test_ce_levels_off_must_be_an_epoch_of_the_protocol():
+    from echobench.errors import EchobenchError
+
+    with pytest.raises(EchobenchError, match="ce_levels_off must be an epoch in 0..epochs, got 3"):
+        get_protocol("smoke", {"ce_levels_off": 3})  # smoke has 2 epochs
+    assert "ce_levels_off" not in get_protocol("paper").to_dict()  # left out at 0: paper run ids unchanged
+    assert get_protocol("shapes").to_dict()["ce_levels_off"] == 23
