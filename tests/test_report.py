@@ -155,3 +155,13 @@ def test_agreement_leaves_out_a_method_with_several_rows(tmp_path):
     doc = write_reports(store_root)
     best = next(c for c in doc["agreement"]["columns"] if c["metric"] == "best_val")
     assert "apl" not in best["methods"] and len(best["left_out"]) == 3 and best["beat_ce_of"] == 2
+
+
+def test_paper_column_of_each_reported_dataset_and_none_elsewhere():
+    from echobench.reporting.paper_agreement import paper_column
+
+    table, dataset, values = paper_column("cifar10n", "human:worst")
+    assert (table, dataset, len(values)) == ("table2", "cifar10n", 12)
+    assert paper_column("cifar100", "instance:0.5")[:2] == ("table1", "cifar100")
+    assert paper_column("shapes", "pairflip:0.45")[:2] == ("table1", "cifar10")  # the stated analog
+    assert paper_column("cifar10", "symmetric:0.2") is None  # a column the paper does not have

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from echobench.errors import EchobenchError
 from echobench.files import save_png
 
 # A dataset the paper has no table for → the paper dataset it stands in for.
@@ -61,7 +62,7 @@ def paper_column(dataset: str, noise: str) -> tuple[str, str, dict[str, float]] 
     for table in AGREEMENT_TABLES:
         try:
             values = {m: paper_value(table, target, noise, m) for m in METHODS}
-        except Exception:  # a dataset or noise the reference does not know: no column to compare with
+        except EchobenchError:  # a dataset or noise kind the registries do not know: no column to compare with
             return None
         if all(v is not None for v in values.values()):
             return table, target, {m: v[0] for m, v in values.items()}
