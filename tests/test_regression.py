@@ -60,13 +60,29 @@ SUITE = "shapes"
 FLOOR_POINTS = 1.0  # accuracy points (%): the narrowest band, whatever the recorded seed spread
 
 # The re-run subset: one cell of every method of the committed run, so that a method that breaks is
-# re-run at all. Method i (in the suite's order) takes Table 1's noise column i mod 5 and seed
-# 1 + (i mod 3): every column and every seed is covered. A cell takes about 1.5–3 min on one thread of
-# a 2-core machine (the multi-stage and two-network methods the longest), the whole subset about 30 min.
+# re-run at all. Method i (in the suite's order) takes Table 1's noise column i mod 5 (every column is
+# covered) and, of that row's three seeds, the one whose recorded value is the row's median: a typical
+# run of the method, not an outlier (a seed on which APL never left chance would hide a broken APL).
+# A cell takes about 1.5–3 min on one thread of a 2-core machine (the multi-stage and two-network
+# methods the longest), the whole subset about 30 min.
 SUITE_METHODS = ("ce", "apl", "pce", "aul", "celc", "t-revision", "identifiability", "joint", "co-teaching", "sigua",
                  "co-dis", "echoalign")
 TABLE1_NOISES = ("symmetric:0.3", "symmetric:0.5", "pairflip:0.45", "instance:0.3", "instance:0.5")
-SUBSET = [(m, TABLE1_NOISES[i % 5], 1 + i % 3) for i, m in enumerate(SUITE_METHODS)]
+
+
+def median_seed(row: dict) -> int:
+    """The seed whose value is the median of a report row (`report.json` "results" entry)."""
+    ranked = sorted(zip(row["values"], row["seeds"]))
+    return int(ranked[(len(ranked) - 1) // 2][1])
+
+
+def subset(report_path: Path) -> list[tuple[str, str, int]]:
+    rows = {(r["method"], r["noise"]): r for r in json.loads(report_path.read_text())["results"]}
+    return [(m, TABLE1_NOISES[i % 5], median_seed(rows[(m, TABLE1_NOISES[i % 5])]))
+            for i, m in enumerate(SUITE_METHODS)]
+
+
+SUBSET = subset(REPORT)
 
 
 @dataclass(frozen=True)
@@ -343,3 +359,35 @@ def test_recorded_cells_reproduce(method, noise, seed, recorded_thread_count, re
         print("\n" + "\n".join(lines) + "\n" + doc["markdown"])
     assert_compare_passes(doc)
     assert_within_band(comparison, lines)
+
+
+# --------------------------------------------------------------- the check has power: a broken method
+
+
+BROKEN = ("apl", {"beta": 0.0})  # APL with its RCE term dropped: NCE alone, which the APL paper shows underfits
+CHANCE_MARGIN = 25.0  # %: a recorded value below it is too close to chance (10%) for any breakage to show
+
+
+@pytest.mark.slow
+def test_the_check_catches_a_deliberately_broken_method(recorded_thread_count, capsys, tmp_path):
+    """APL's subset cell re-run with its RCE term dropped must leave the band (and `compare` must flag it)
+    where the recorded APL learns; in a run where APL sits at chance no check could tell them apart, and
+    the test says so by skipping."""
+    import dataclasses
+
+    from echobench.harness.train_cell import run_cell
+
+    method, params = BROKEN
+    noise, seed = next((n, s) for m, n, s in SUBSET if m == method)
+    rows, _ = load_recorded()
+    if rows[(method, noise)].values[seed] < CHANCE_MARGIN:
+        pytest.skip(f"the committed {method} {noise} seed {seed} is at {rows[(method, noise)].values[seed]:.1f}%, "
+                    f"near chance: a broken {method} cannot be told from it")
+    broken = dataclasses.replace(committed_spec(method, noise, seed),
+                                 method_params={**committed_spec(method, noise, seed).method_params, **params})
+    out = tmp_path / "broken"
+    comparison, lines = rerun(method, noise, seed, out, run_cell=lambda spec: run_cell(broken))
+    doc = compare_with_committed(out)
+    with capsys.disabled():
+        print("\n" + "\n".join(lines) + "\n" + doc["markdown"])
+    assert not comparison.ok, f"{method} with {params} stayed inside the band:\n" + "\n".join(lines)
