@@ -165,3 +165,25 @@ def test_paper_column_of_each_reported_dataset_and_none_elsewhere():
     assert paper_column("cifar100", "instance:0.5")[:2] == ("table1", "cifar100")
     assert paper_column("shapes", "pairflip:0.45")[:2] == ("table1", "cifar10")  # the stated analog
     assert paper_column("cifar10", "symmetric:0.2") is None  # a column the paper does not have
+
+
+def test_diagnostics_explain_near_chance_cells_and_skipped_stages(tmp_path):
+    """A cell below 25% is called stuck when it never fitted its training labels and 'learnt the noise'
+    when it did; a skipped stage is listed with its reason."""
+    store = Store(tmp_path)
+    store.claim("fake")
+    cells = {"stuck": ("apl", 0.12, [0.10, 0.13], {}),
+             "noise": ("ce", 0.15, [0.30, 0.90], {}),
+             "fine": ("t-revision", 0.70, [0.5, 0.6], {"skipped_stages": {"revision": "it cannot revise T"}})}
+    for rid, (method, acc, train, diagnostics) in cells.items():
+        store.write(rid, "config.json", {"spec": {"dataset": "shapes", "noise": "symmetric:0.5", "method": method,
+                                                  "seed": 1}, "environment": {"git": "abc", "device": {"name": "cpu"}}})
+        store.write(rid, "result.json", {"metrics": {"test_acc_best_val": acc, "test_acc_last": acc, "test_acc_oracle": acc},
+                                         "curves": [{"train_acc": a} for a in train], "diagnostics": diagnostics})
+    doc = write_reports(tmp_path)
+    found = {(d["method"], d["kind"]): d["text"] for d in doc["diagnostics"]}
+    assert set(found) == {("apl", "near chance"), ("ce", "near chance"), ("t-revision", "skipped stage")}
+    assert "stuck" in found[("apl", "near chance")] and "13.0%" in found[("apl", "near chance")]
+    assert "learnt the noise" in found[("ce", "near chance")] and "90.0%" in found[("ce", "near chance")]
+    assert found[("t-revision", "skipped stage")] == "revision skipped: it cannot revise T"
+    assert "## Diagnostics" in (tmp_path / "report.md").read_text()

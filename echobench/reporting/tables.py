@@ -354,12 +354,12 @@ def write_reports(results_dir: str | Path, metric: str = "best_val", include_sta
            "notes": read["notes"]}
     with writing(f"the report into {root}"):
         return _write_report_files(root, doc, tables, kinds, info, metric, counts,
-                                   {m: t for m, (t, _) in by_metric.items()})
+                                   {m: t for m, (t, _) in by_metric.items()}, read)
 
 
 def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict, info: dict, metric: str,
-                        counts: dict, tables_by_metric: dict[str, list[Table]]) -> dict[str, Any]:
-    from echobench.reporting import paper_agreement
+                        counts: dict, tables_by_metric: dict[str, list[Table]], read: dict) -> dict[str, Any]:
+    from echobench.reporting import cell_diagnostics, paper_agreement
     from echobench.reporting.index_page import commands, write_index
     from echobench.reporting.runtime_tables import runtime_document, runtime_markdown
     from echobench.reporting.table4 import table4_document, table4_markdown
@@ -378,6 +378,13 @@ def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict,
             for name in paper_agreement.write_figures(root, agreement, metric, METRIC_TITLES[metric]):
                 reports.append((name, "figure: the paper's accuracy against ours in one column, a point per method"))
             holds.append("agreement with the paper (Spearman, baselines beating CE) per column and metric")
+        findings = cell_diagnostics.cell_entries(read, METRICS[metric])
+        if findings:  # skipped stages and near-chance cells, explained from their own records
+            labels = {(t.dataset, json.dumps(row["experiment"], sort_keys=True, default=str), row["stale"]): label
+                      for t in tables for label, row in t.rows.items()}
+            doc["diagnostics"] = findings
+            parts.append(cell_diagnostics.diagnostics_markdown(findings, labels))
+            holds.append("diagnostics (skipped stages, near-chance cells)")
         holds.append("accuracy tables (the paper's Tables 1–3 layout)" + (", the paper's numbers beside ours" if comparison else ""))
         atomic_write_text(root / "report.tex", to_latex(tables, metric))
         atomic_write_text(root / "report.csv", to_csv(tables, metric))
