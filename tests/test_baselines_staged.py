@@ -306,3 +306,12 @@ def test_ce_levels_off_must_be_an_epoch_of_the_protocol():
         get_protocol("smoke", {"ce_levels_off": 3})  # smoke has 2 epochs
     assert "ce_levels_off" not in get_protocol("paper").to_dict()  # left out at 0: paper run ids unchanged
     assert get_protocol("shapes").to_dict()["ce_levels_off"] == 23
+
+
+def test_a_run_applies_the_stage_length_rule(tiny_run):
+    """Default T-Revision under a 4-epoch protocol whose CE levels off at epoch 3: a 3-epoch warm-up
+    (rule 2, not the scaled 1 epoch), a 4-epoch reweight stage (rule 1), no revision epochs (rule 3)."""
+    result = tiny_run("t-revision", protocol={"epochs": 4, "milestones": [3], "ce_levels_off": 3})
+    stages = [int(c["extra"]["stage"]) for c in result["curves"]]
+    assert stages == [0, 0, 0, 1, 1, 1, 1]
+    assert "revision" in result["diagnostics"]["skipped_stages"]
