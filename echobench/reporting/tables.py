@@ -371,6 +371,7 @@ def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict,
         if comparison:  # a dataset the paper reports (CIFAR-10/100, CIFAR-10N): its numbers beside ours
             doc["paper"] = comparison
             parts.append(paper_markdown(tables, comparison))
+        holds.append("accuracy tables (the paper's Tables 1–3 layout)" + (", the paper's numbers beside ours" if comparison else ""))
         agreement = paper_agreement.agreement(tables_by_metric)
         if agreement:  # columns the paper reports (or, for shapes, its CIFAR-10 analog): ranks and beat-CE counts
             doc["agreement"] = {"columns": agreement, "summary": paper_agreement.metric_agreement(agreement)}
@@ -385,7 +386,6 @@ def _write_report_files(root: Path, doc: dict, tables: list[Table], kinds: dict,
             doc["diagnostics"] = findings
             parts.append(cell_diagnostics.diagnostics_markdown(findings, labels))
             holds.append("diagnostics (skipped stages, near-chance cells)")
-        holds.append("accuracy tables (the paper's Tables 1–3 layout)" + (", the paper's numbers beside ours" if comparison else ""))
         atomic_write_text(root / "report.tex", to_latex(tables, metric))
         atomic_write_text(root / "report.csv", to_csv(tables, metric))
         reports += [("report.tex", ""), ("report.csv", "")]
