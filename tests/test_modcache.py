@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from echobench.data.shapes import WORLD_VERSION
+
 from echobench.echoalign.echomod import config_digest, sample_seeds
 from echobench.echoalign.cache import ModCache, dataset_key, pair_keys, split_pair_keys
 
@@ -87,7 +89,8 @@ def test_config_is_part_of_the_key(tmp_path):
     a, b = CountingModifier("v1"), CountingModifier("v2")
     assert ModCache(tmp_path, "toy", a.config()).dir != ModCache(tmp_path, "toy", b.config()).dir
     assert config_digest({"x": 1, "y": 2}) == config_digest({"y": 2, "x": 1})
-    assert dataset_key("shapes", {}) == "shapes"
+    assert dataset_key("toy", {}) == "toy"  # a name no loader registers: its options as given
+    assert dataset_key("shapes", {}) == dataset_key("shapes", {"world": WORLD_VERSION}) != "shapes"
     assert dataset_key("shapes", {"n_train": 10}) != dataset_key("shapes", {"n_train": 11})
 
 
