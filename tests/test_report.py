@@ -174,15 +174,19 @@ def test_diagnostics_explain_near_chance_cells_and_skipped_stages(tmp_path):
     store.claim("fake")
     cells = {"stuck": ("apl", 0.12, [0.10, 0.13], {}),
              "noise": ("ce", 0.15, [0.30, 0.90], {}),
+             "slow": ("pce", 0.18, [0.15, 0.30], {}),
              "fine": ("t-revision", 0.70, [0.5, 0.6], {"skipped_stages": {"revision": "it cannot revise T"}})}
     for rid, (method, acc, train, diagnostics) in cells.items():
         store.write(rid, "config.json", {"spec": {"dataset": "shapes", "noise": "symmetric:0.5", "method": method,
                                                   "seed": 1}, "environment": {"git": "abc", "device": {"name": "cpu"}}})
         store.write(rid, "result.json", {"metrics": {"test_acc_best_val": acc, "test_acc_last": acc, "test_acc_oracle": acc},
-                                         "curves": [{"train_acc": a} for a in train], "diagnostics": diagnostics})
+                                         "curves": [{"train_acc": a} for a in train], "diagnostics": diagnostics,
+                                         "noise": {"realized_rate_train": 0.5}})
     doc = write_reports(tmp_path)
     found = {(d["method"], d["kind"]): d["text"] for d in doc["diagnostics"]}
-    assert set(found) == {("apl", "near chance"), ("ce", "near chance"), ("t-revision", "skipped stage")}
+    assert set(found) == {("apl", "near chance"), ("ce", "near chance"), ("pce", "near chance"),
+                          ("t-revision", "skipped stage")}
+    assert "still learning" in found[("pce", "near chance")] and "(50.0%)" in found[("pce", "near chance")]
     assert "stuck" in found[("apl", "near chance")] and "13.0%" in found[("apl", "near chance")]
     assert "learnt the noise" in found[("ce", "near chance")] and "90.0%" in found[("ce", "near chance")]
     assert found[("t-revision", "skipped stage")] == "revision skipped: it cannot revise T"
