@@ -229,6 +229,91 @@ def test_training_continues_from_a_trained_folder(trained, tmp_path):
     assert total_steps(again) == {"vae": 3, "unet": 5, "controlnet": 3, "tiny_vae": 3}
 
 
+def _same_weights(first, second) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    for part in ("stable-diffusion/unet", "stable-diffusion/vae", "controlnet", "tiny-vae"):
+        a, b = (load_file(next((folder / part).glob("*.safetensors"))) for folder in (first, second))
+        if not all(torch.equal(a[k], b[k]) for k in a):
+            return False
+    return True
+
+
+def test_ctrl_c_saves_the_state_and_the_same_command_resumes_to_the_same_weights(trained, tmp_path, monkeypatch):
+    """A real SIGINT during the UNet's second step: the step finishes, the state is saved, the run ends;
+    run again, it continues to exactly the weights and losses of the uninterrupted run."""
+    import signal
+
+    from echobench.echoalign import generator_training
+
+    first, summary = trained
+    calls, real = [], generator_training._eps_loss
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(generator_training, "_eps_loss", interrupted)
+    out = tmp_path / "pieces"
+    with pytest.raises(KeyboardInterrupt):
+        train_shapes_echomod(out, QUICK, progress=False, log=lambda _: None)
+    assert not out.exists() and out.with_name("pieces.checkpoint").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(generator_training, "_eps_loss", real)
+    again = train_shapes_echomod(out, QUICK, progress=False, log=lambda _: None)
+    assert again["resumed"] == [{"stage": "unet", "step": 2}]
+    assert again["losses"] == summary["losses"] and _same_weights(first, out)
+    assert not out.with_name("pieces.checkpoint").exists()
+
+
+def test_a_crash_resumes_from_the_last_periodic_checkpoint(trained, tmp_path, monkeypatch):
+    import dataclasses
+
+    from echobench.echoalign import generator_training
+
+    first, summary = trained
+    often = dataclasses.replace(QUICK, checkpoint_minutes=1e-9)  # a checkpoint after every step
+    calls, real = [], generator_training._distill_loss
+
+    def crashing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the machine went away")
+        return real(*args)
+
+    monkeypatch.setattr(generator_training, "_distill_loss", crashing)
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError):
+        train_shapes_echomod(out, often, progress=False, log=lambda _: None)
+    monkeypatch.setattr(generator_training, "_distill_loss", real)
+    again = train_shapes_echomod(out, often, progress=False, log=lambda _: None)
+    assert again["resumed"] == [{"stage": "tiny_vae", "step": 2}]
+    assert again["losses"] == summary["losses"] and _same_weights(first, out)
+
+
+def test_a_checkpoint_of_other_settings_is_refused_and_kept(tmp_path, cli, monkeypatch):
+    import dataclasses
+
+    from echobench.echoalign import generator_training
+
+    def crashing(*args):
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(generator_training, "_eps_loss", crashing)  # after the VAE's checkpoints
+    out = tmp_path / "em"
+    with pytest.raises(RuntimeError):
+        train_shapes_echomod(out, dataclasses.replace(QUICK, checkpoint_minutes=1e-9), progress=False, log=lambda _: None)
+    saved = out.with_name("em.checkpoint").read_bytes()
+    code, _, err = cli("train-echomod", "--out", out, "--n-train", 64, "--batch-size", 8, "--vae-steps", 3,
+                       "--unet-steps", 4, "--controlnet-steps", 3, "--tiny-vae-steps", 3, "--warmup-steps", 1,
+                       "--eval-images", 8)
+    assert code == 2 and "other settings unet_steps" in err and "delete the checkpoint" in err
+    assert out.with_name("em.checkpoint").read_bytes() == saved and not out.exists()
+
+
 def test_continuing_needs_a_trained_folder(tmp_path, cli):
     code, _, err = cli("train-echomod", "--out", tmp_path / "new", "--init-from", tmp_path)
     assert code == 2 and "not a trained EchoMod folder" in err and not (tmp_path / "new").exists()

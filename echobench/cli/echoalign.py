@@ -21,6 +21,7 @@ EXAMPLES = {
     "train-echomod": """examples:
   echobench train-echomod --out runs/echomod-shapes            # SD + canny ControlNet + tiny VAE for shapes (CPU, ~45 min)
   echobench train-echomod --out /tmp/em --unet-steps 100 --controlnet-steps 50 --vae-steps 50 --tiny-vae-steps 50
+  echobench train-echomod --out runs/echomod-shapes            # again after Ctrl-C: resumes from runs/echomod-shapes.checkpoint
   echobench select shapes --noise instance:0.3 --dataset-option n_train=1000 --engine eager       --engine-option model=sd15 --engine-option resolution=32       --engine-option base_model=runs/echomod-shapes/stable-diffusion --engine-option controlnet=runs/echomod-shapes/controlnet""",
     "eval-echomod": """examples:
   echobench eval-echomod runs/echomod-shapes                  # does the trained UNet draw the class its prompt names?

@@ -39,6 +39,14 @@ at the defaults and continued with `init_from`, with the training times, are mea
 reports/approx-shapes/README.md; the model continued longest there is the one `echobench bench approx`
 measures approximate settings against.
 
+Interrupted training resumes. Every `checkpoint_minutes` of training, and when interrupted (Ctrl-C),
+the run's whole state is written to `OUT.checkpoint` (written to a temporary name, then renamed): the
+weights, the optimiser and learning-rate schedule of the current stage, the batch order and every
+random generator. The same command run again continues from it, to the same weights as an
+uninterrupted run (CPU, same thread count); the record lists where it resumed. A model that takes
+hours (the 16,000-step one of reports/approx-shapes) can so be trained in pieces, whenever the machine
+is free. A checkpoint made with other settings is refused, not mixed in.
+
 The output folder has the layouts the real checkpoints use (`echobench.echoalign.generator_folder`
 lists them and reads them back), so EchoMod loads it with the sd15 route (local folders as
 `base_model` and `controlnet`, `resolution=32`), and `vae=` points at the tiny VAE.
@@ -46,16 +54,19 @@ lists them and reads them back), so EchoMod loads it with the sd15 route (local 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from echobench.echoalign.generator_folder import load_summary, load_trained, prompt_embeddings
+from echobench.echoalign.generator_folder import STAGES, load_summary, load_trained, prompt_embeddings
 from echobench.errors import EchobenchError
 
 if TYPE_CHECKING:
@@ -90,6 +101,8 @@ class TrainingConfig:
     canny_low: int = 75
     canny_high: int = 75
     eval_images: int = 256  # prompt accuracy on this many held-out images after training (0: skip)
+    # how often the resumable state is saved; not part of what the model depends on (see `fingerprint`)
+    checkpoint_minutes: float = 5.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,8 +118,16 @@ class TrainingConfig:
         for name in ("text_dropout", "control_text_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in [0, 1] (got {getattr(self, name)})")
+        if not self.checkpoint_minutes > 0:
+            problems.append(f"checkpoint_minutes must be > 0 (got {self.checkpoint_minutes})")
         if problems:
             raise EchobenchError("EchoMod training config: " + "; ".join(problems))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields the trained weights depend on (all but how often a checkpoint is saved)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("checkpoint_minutes")
+        return fields
 
 
 def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = TrainingConfig(), *,
@@ -114,19 +135,13 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
                          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the four models of the module docstring and save them under `out` (written to a
     temporary sibling folder and renamed, so `out` is complete or absent). Returns training.json's
-    content. An existing `out` is an error: nothing is overwritten.
+    content. An existing `out` is an error: nothing is overwritten. An `OUT.checkpoint` left by an
+    interrupted run with the same settings is resumed (module docstring).
 
     `init_from`: a folder this function wrote; training continues from its weights for the steps of
     `config` (0 steps keep a model as it is; with `vae_steps=0` its latent scaling factor is kept,
     otherwise the ControlNet and the tiny VAE would no longer match the latents). Its training.json
     is kept in the new one under "previous"."""
-    import numpy as np
-    import torch
-
-    from echobench.data.shapes import CLASS_NAMES, load_shapes
-    from echobench.echoalign.diffusion_configs import build_components
-    from echobench.environment import environment
-
     out = Path(out)
     if out.exists():
         raise EchobenchError(f"{out} already exists: choose another --out or remove it first")
@@ -134,6 +149,23 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     if previous is not None and previous["config"]["image_size"] != config.image_size:
         raise EchobenchError(f"{init_from} was trained at image_size {previous['config']['image_size']}, "
                              f"not {config.image_size}")
+    checkpoint = _Checkpoint(out, {"config": config.fingerprint(), "init_from": previous}, config.checkpoint_minutes)
+    with _deferred_interrupts() as stop:  # one flag for all stages: a stop between two is seen by the next
+        return _train(out, config, init_from, previous, checkpoint, stop, progress, log)
+
+
+def _train(out: Path, config: TrainingConfig, init_from, previous: dict[str, Any] | None, checkpoint: "_Checkpoint",
+           stop: threading.Event, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from echobench.data.shapes import CLASS_NAMES, load_shapes
+    from echobench.echoalign.diffusion_configs import build_components
+    from echobench.environment import environment
+
+    resume = checkpoint.load()
+    if resume is not None:
+        log(f"resuming from {checkpoint.path}: {resume['stage']} step {resume['step']}")
     world = load_shapes(n_train=config.n_train, n_test=1, seed=config.world_seed, image_size=config.image_size)
     images = np.asarray(world.train_images)
     labels = np.asarray(world.train_labels, dtype=np.int64)
@@ -144,12 +176,34 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
         components = build_components("tiny", random_init=True, seed=config.seed)
     else:
         components, tiny = load_trained(init_from)
-    history: dict[str, Any] = {}
-    started = time.perf_counter()
+    history: dict[str, Any] = dict(resume["history"]) if resume else {}
+    modules: dict[str, Any] = {"vae": components.vae, "unet": components.unet}
+    # the stage a resumed run is in, and the stages it finished (their weights come from the checkpoint)
+    resume_stage = resume["stage"] if resume else None
+    finished = STAGES[:STAGES.index(resume_stage)] if resume else ()
+    checkpoint.started(resume)
+
+    def fit(stage: str, module, steps: int, lr: float, loss_of) -> None:
+        modules[stage] = module
+        if resume is not None and stage in finished + (resume_stage,):
+            module.load_state_dict(resume["modules"][stage])
+        if stage in finished:
+            return  # its curve is in `history` already
+        state = resume if stage == resume_stage else None
+        if state is not None:
+            checkpoint.restore_generators(state)
+
+        def save(fit_state: dict[str, Any], force: bool = False) -> None:
+            checkpoint.save(stage, fit_state, modules, history, force=force)
+            if force:
+                log(f"stopped at {_LABELS[stage]} step {fit_state['step']}; its state is in {checkpoint.path}: "
+                    "run the same command again to resume")
+
+        history[stage] = _fit(module, steps, lr, config, rng, len(images), _LABELS[stage], loss_of, progress,
+                              resume=state, save=save, stop=stop)
 
     vae = components.vae.train()
-    history["vae"] = _fit(vae, config.vae_steps, config.vae_lr, config, rng, len(images), "VAE",
-                          lambda idx: _vae_loss(vae, pixels[idx], config.kl_weight), progress)
+    fit("vae", vae, config.vae_steps, config.vae_lr, lambda idx: _vae_loss(vae, pixels[idx], config.kl_weight))
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         posterior = vae.encode(pixels).latent_dist
@@ -164,16 +218,16 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     text = prompt_embeddings(components, [f"a photo of {name}" for name in CLASS_NAMES])
     scheduler = components.scheduler
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
+    checkpoint.generators["noise"] = noise_gen
 
     def latents(idx):
         eps = torch.randn(mean[idx].shape, generator=noise_gen)
         return (mean[idx] + std[idx] * eps) * scaling
 
     unet = components.unet.train()
-    history["unet"] = _fit(unet, config.unet_steps, config.unet_lr, config, rng, len(images), "UNet",
-                           lambda idx: _eps_loss(unet, None, scheduler, latents(idx),
-                                                 _conditioning(text, labels[idx], config.text_dropout, rng),
-                                                 None, noise_gen), progress)
+    fit("unet", unet, config.unet_steps, config.unet_lr,
+        lambda idx: _eps_loss(unet, None, scheduler, latents(idx),
+                              _conditioning(text, labels[idx], config.text_dropout, rng), None, noise_gen))
     unet.eval().requires_grad_(False)
 
     import diffusers
@@ -187,11 +241,9 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
         controlnet = components.controlnet
     control = torch.from_numpy(control_images(images, config.image_size, config.canny_low, config.canny_high))
     controlnet.train()
-    history["controlnet"] = _fit(controlnet, config.controlnet_steps, config.controlnet_lr, config, rng, len(images),
-                                 "ControlNet",
-                                 lambda idx: _eps_loss(unet, controlnet, scheduler, latents(idx),
-                                                       _conditioning(text, labels[idx], config.control_text_dropout, rng),
-                                                       control[idx], noise_gen), progress)
+    fit("controlnet", controlnet, config.controlnet_steps, config.controlnet_lr,
+        lambda idx: _eps_loss(unet, controlnet, scheduler, latents(idx),
+                              _conditioning(text, labels[idx], config.control_text_dropout, rng), control[idx], noise_gen))
     controlnet.eval().requires_grad_(False)
 
     if previous is None:
@@ -201,10 +253,10 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
     with torch.no_grad():
         targets_z = mean * scaling
     tiny.train()
-    history["tiny_vae"] = _fit(tiny, config.tiny_vae_steps, config.tiny_vae_lr, config, rng, len(images), "tiny VAE",
-                               lambda idx: _distill_loss(tiny, vae, pixels[idx], targets_z[idx], scaling), progress)
+    fit("tiny_vae", tiny, config.tiny_vae_steps, config.tiny_vae_lr,
+        lambda idx: _distill_loss(tiny, vae, pixels[idx], targets_z[idx], scaling))
     tiny.eval()
-    seconds = round(time.perf_counter() - started, 1)
+    seconds = round(checkpoint.elapsed(), 1)
     accuracy = None
     if config.eval_images:
         from echobench.echoalign.prompt_accuracy import prompt_accuracy
@@ -214,7 +266,7 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
             f"(chance {accuracy['chance']:.0%})")
 
     summary = {
-        "config": dataclasses.asdict(config),
+        "config": config.fingerprint(),
         "scaling_factor": scaling,
         "seconds": seconds,
         "losses": history,
@@ -223,16 +275,117 @@ def train_shapes_echomod(out: str | os.PathLike, config: TrainingConfig = Traini
                        for name, module in (("unet", unet), ("controlnet", controlnet), ("vae", vae),
                                             ("text_encoder", components.text_encoder), ("tiny_vae", tiny))},
         "environment": environment("cpu"),
+        **({"resumed": checkpoint.resumed} if checkpoint.resumed else {}),
         **({"init_from": str(init_from), "previous": previous} if previous is not None else {}),
     }
     _save(out, components, unet, controlnet, vae, tiny, summary)
+    checkpoint.remove()
     return summary
 
 
+_LABELS = {"vae": "VAE", "unet": "UNet", "controlnet": "ControlNet", "tiny_vae": "tiny VAE"}
+
+
+class _Checkpoint:
+    """`OUT.checkpoint`: the resumable state of an unfinished `train_shapes_echomod(OUT, ...)`.
+
+    `identity` (the config's fingerprint and the continued folder's record) must match for a resume;
+    `save` writes every `minutes` (and when forced) through a temporary name; `elapsed` counts the
+    training seconds of every piece."""
+
+    def __init__(self, out: Path, identity: dict[str, Any], minutes: float):
+        self.path = out.with_name(out.name + ".checkpoint")
+        self.identity = json.loads(json.dumps(identity))  # as it reads back
+        self.every_s = 60.0 * minutes
+        self.generators: dict[str, Any] = {}  # torch generators made during training, saved by name
+        self.resumed: list[dict[str, Any]] = []
+        self._before = 0.0  # training seconds of earlier pieces
+        self._start = self._last = time.perf_counter()
+
+    def load(self) -> dict[str, Any] | None:
+        import torch
+
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a checkpoint is written through a temporary name, so this is damage
+            raise EchobenchError(f"{self.path} cannot be read ({error}): delete it to start the training over") from None
+        if state.get("identity") != self.identity:
+            ours, theirs = self.identity["config"], (state.get("identity") or {}).get("config", {})
+            differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            what = f"settings {', '.join(differ)}" if differ else "--init-from folder"
+            raise EchobenchError(f"{self.path} belongs to a training run with other {what}: rerun that command to "
+                                 "resume it, or delete the checkpoint to start this one over")
+        return state
+
+    def started(self, resume: dict[str, Any] | None) -> None:
+        if resume is not None:
+            self._before = resume["elapsed"]
+            self.resumed = resume["resumed"] + [{"stage": resume["stage"], "step": resume["step"]}]
+        self._start = self._last = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self._before + time.perf_counter() - self._start
+
+    def restore_generators(self, state: dict[str, Any]) -> None:
+        """torch's random generators as they were when `state` was saved (`_fit` restores numpy's)."""
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        for name, generator_state in state["generators"].items():
+            self.generators[name].set_state(generator_state)
+
+    def save(self, stage: str, fit_state: dict[str, Any], modules: dict[str, Any], history: dict[str, Any],
+             force: bool = False) -> None:
+        import torch
+
+        now = time.perf_counter()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        state = {"identity": self.identity, "stage": stage, **fit_state, "history": dict(history),
+                 "modules": {name: module.state_dict() for name, module in modules.items()},
+                 "torch": torch.get_rng_state(),
+                 "generators": {name: g.get_state() for name, g in self.generators.items()},
+                 "elapsed": self.elapsed(), "resumed": self.resumed}
+        partial = self.path.with_name(self.path.name + ".partial")
+        torch.save(state, partial)
+        partial.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Ctrl-C and SIGTERM set a flag instead of raising, so that training stops between two steps with
+    a consistent state to save (`_fit`). Only the main thread can take signals; elsewhere the flag
+    never sets and an interrupt raises as usual."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in handlers:
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def _fit(module, steps: int, lr: float, config: TrainingConfig, rng: np.random.Generator, n: int, label: str,
-         loss_of: Callable[[np.ndarray], Any], progress: bool) -> list[list[float]]:
+         loss_of: Callable[[np.ndarray], Any], progress: bool, *, resume: dict[str, Any] | None = None,
+         save: Callable[..., None] = lambda state, force=False: None,
+         stop: threading.Event | None = None) -> list[list[float]]:
     """`steps` AdamW steps on batches drawn without replacement (a new permutation per epoch);
-    returns [step, mean loss of the last 50 steps] every 50 steps and at the end."""
+    returns [step, mean loss of the last 50 steps] every 50 steps and at the end.
+
+    After every step, `save(state)` is offered the stage's state (the checkpoint decides whether to
+    write it); when `stop` is set, the state is saved with `force=True` and the run ends with a
+    KeyboardInterrupt. `resume`, such a state, continues the stage from it."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -244,9 +397,21 @@ def _fit(module, steps: int, lr: float, config: TrainingConfig, rng: np.random.G
     warmup = max(1, config.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / warmup))
     order, position = rng.permutation(n), 0
-    curve, window = [], []
-    bar = tqdm(total=steps, desc=f"train {label}", unit="step", disable=not progress, mininterval=2.0)
-    for step in range(1, steps + 1):
+    curve, window, done = [], [], 0
+    if resume is not None:
+        optimiser.load_state_dict(resume["optimiser"])
+        schedule.load_state_dict(resume["schedule"])
+        order, position, done = resume["order"].numpy(), resume["position"], resume["step"]
+        curve, window = list(resume["curve"]), list(resume["window"])
+        rng.bit_generator.state = resume["numpy"]
+
+    def state(step: int) -> dict[str, Any]:
+        return {"step": step, "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                "order": torch.from_numpy(order.copy()), "position": position, "curve": list(curve), "window": list(window),
+                "numpy": rng.bit_generator.state}
+
+    bar = tqdm(total=steps, initial=done, desc=f"train {label}", unit="step", disable=not progress, mininterval=2.0)
+    for step in range(done + 1, steps + 1):
         if position + config.batch_size > n:
             order, position = rng.permutation(n), 0
         idx = np.sort(order[position:position + config.batch_size])
@@ -265,6 +430,13 @@ def _fit(module, steps: int, lr: float, config: TrainingConfig, rng: np.random.G
             bar.set_postfix(loss=f"{curve[-1][1]:.4f}")
             window = []
         bar.update(1)
+        if step == steps:
+            break  # a finished stage is not saved: a resume repeats only what follows the last checkpoint
+        if stop is not None and stop.is_set():
+            bar.close()
+            save(state(step), force=True)
+            raise KeyboardInterrupt
+        save(state(step))
     bar.close()
     return curve
 
