@@ -67,6 +67,27 @@ def test_separation_and_sweep_on_separable_scores():
     assert kept == sorted(kept, reverse=True)  # a higher τ never keeps more
 
 
+def test_youden_tau_by_hand_and_against_a_brute_force_search():
+    from echobench.echoalign.echoselect import keep_original, youden_tau
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    clean = np.array([1, 1, 0, 1, 0, 0], bool)
+    # τ = 0.8 keeps 2/3 of the clean and replaces 3/3 of the noisy: J = 2/3; τ = 0.6 gives 3/3 + 2/3 − 1 = 2/3
+    # too, and the larger τ wins a tie
+    assert youden_tau(scores, clean) == (0.8, pytest.approx(2 / 3))
+    rng = np.random.default_rng(3)
+    clean = rng.random(500) < 0.6
+    s = np.round(np.where(clean, rng.normal(0.7, 0.1, 500), rng.normal(0.5, 0.1, 500)), 2)  # many ties
+    tau, j = youden_tau(s, clean)
+
+    def youden(t):
+        kept = keep_original(s, t)
+        return kept[clean].mean() + (~kept[~clean]).mean() - 1
+
+    assert youden(tau) == pytest.approx(j) and j == pytest.approx(max(youden(t) for t in np.unique(s)))
+    assert np.isnan(youden_tau(s, np.ones(500, bool))[0])
+
+
 def test_shapes_hog_extractor_is_batch_independent_and_normalised():
     from echobench.data import load_dataset
     from echobench.echoalign.features import make_extractor

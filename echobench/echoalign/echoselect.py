@@ -137,6 +137,26 @@ def tau_sweep(similarity: np.ndarray, is_clean: np.ndarray, taus=None) -> list[d
     return rows
 
 
+def youden_tau(similarity: np.ndarray, is_clean: np.ndarray) -> tuple[float, float]:
+    """(τ, J): the threshold maximising Youden's J = true-clean rate + true-noisy rate − 1 of keeping
+    S ≥ τ, over the observed similarities (the largest such τ on ties), and that J. This is how a
+    generator's or an extractor's default τ is calibrated, on a world the benchmark does not use
+    (`features.ShapesHog`); (nan, nan) without both clean and noisy samples."""
+    s, is_clean = np.asarray(similarity, dtype=np.float64), np.asarray(is_clean, bool)
+    n_clean, n_noisy = int(is_clean.sum()), int((~is_clean).sum())
+    if n_clean == 0 or n_noisy == 0:
+        return float("nan"), float("nan")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, clean_sorted = s[order], is_clean[order]
+    kept_clean = np.cumsum(clean_sorted)  # keeping the k largest S
+    kept_noisy = np.cumsum(~clean_sorted)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # a threshold keeps every tie of its value
+    j = kept_clean / n_clean + (n_noisy - kept_noisy) / n_noisy - 1
+    j = np.where(last, j, -np.inf)
+    best = int(np.argmax(j))
+    return float(s_sorted[best]), float(j[best])
+
+
 def separation(similarity: np.ndarray, is_clean: np.ndarray, tau: float, *, strict: bool = False) -> dict[str, Any]:
     """How well S separates clean from noisy labels, and what EchoSelect keeps at τ."""
     from scipy.stats import ks_2samp
@@ -148,6 +168,7 @@ def separation(similarity: np.ndarray, is_clean: np.ndarray, tau: float, *, stri
         "n": int(len(s)), "n_clean": int(is_clean.sum()), "n_noisy": int((~is_clean).sum()),
         "tau": float(tau), "n_selected": int(kept.sum()), "precision": precision, "recall": recall,
         "auroc": auroc(s, is_clean),
+        **dict(zip(("youden_tau", "youden_j"), youden_tau(s, is_clean))),
         "similarity_mean_clean": float(s[is_clean].mean()) if is_clean.any() else float("nan"),
         "similarity_mean_noisy": float(s[~is_clean].mean()) if (~is_clean).any() else float("nan"),
     }
