@@ -381,3 +381,84 @@ def test_eval_echomod_measures_a_trained_folder(trained, cli):
 def test_bad_evaluation_options_are_user_errors(trained, args, fragment, cli):
     code, _, err = cli("eval-echomod", trained[0], *args)
     assert code == 2 and fragment in err and "Traceback" not in err
+
+
+# --- model=shapes: the trained generator shipped with echobench ------------------------------------
+
+@pytest.fixture
+def shipped(trained, tmp_path, monkeypatch):
+    """The trained folder installed as the shipped `shapes` model (under a temporary TRAINED_DIR)."""
+    import shutil
+
+    from echobench.echoalign import diffusion_configs
+
+    root = tmp_path / "trained"
+    shutil.copytree(trained[0], root / "shapes")
+    monkeypatch.setattr(diffusion_configs, "TRAINED_DIR", root)
+    return root / "shapes"
+
+
+def test_model_shapes_runs_the_shipped_weights_and_keys_them_by_digest(shipped, trained):
+    from echobench.data.shapes import load_shapes
+    from echobench.echoalign.diffusion import make_diffusion_modifier
+    from echobench.echoalign.echomod import modifier_config
+
+    world = load_shapes(n_train=4, n_test=1, seed=0)
+    labels, seeds = np.array([0, 3, 5, 9]), np.arange(4)
+    shipped_run = make_diffusion_modifier("eager", "shapes", list(CLASS_NAMES), 32, {"model": "shapes", "steps": 2}, "cpu")
+    folder_run = make_diffusion_modifier("eager", "shapes", list(CLASS_NAMES), 32,
+                                         {"model": "sd15", "base_model": str(trained[0] / "stable-diffusion"),
+                                          "controlnet": str(trained[0] / "controlnet"), "resolution": 32, "steps": 2}, "cpu")
+    assert np.array_equal(shipped_run.generate(world.train_images, labels, seeds),
+                          folder_run.generate(world.train_images, labels, seeds))
+    key = modifier_config("eager", "shapes", list(CLASS_NAMES), 32, {"model": "shapes", "steps": 2})
+    assert key == shipped_run.config() and key["model"] == "shapes" and len(key["weights"]) == 16
+    assert str(shipped) not in json.dumps(key)  # no installation path in the cache key
+    tiny = modifier_config("eager", "shapes", list(CLASS_NAMES), 32, {"model": "shapes", "steps": 2, "vae": "trained"})
+    assert tiny["vae"] == "trained" and tiny != key
+    make_diffusion_modifier("eager", "shapes", list(CLASS_NAMES), 32, {"model": "shapes", "steps": 2, "vae": "trained"}, "cpu")
+
+
+def test_retrained_weights_get_another_cache_key(shipped, tmp_path, monkeypatch):
+    import shutil
+
+    from echobench.echoalign import diffusion_configs
+    from echobench.echoalign.echomod import modifier_config
+
+    before = modifier_config("eager", "shapes", list(CLASS_NAMES), 32, {"model": "shapes"})
+    other = tmp_path / "other"
+    shutil.copytree(shipped, other / "shapes")
+    weights = next((other / "shapes" / "controlnet").glob("*.safetensors"))
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(blob))
+    monkeypatch.setattr(diffusion_configs, "TRAINED_DIR", other)
+    assert modifier_config("eager", "shapes", list(CLASS_NAMES), 32, {"model": "shapes"})["weights"] != before["weights"]
+
+
+def test_a_missing_shipped_model_and_foreign_checkpoints_are_user_errors(tmp_path, monkeypatch, cli):
+    from echobench.echoalign import diffusion_configs
+
+    monkeypatch.setattr(diffusion_configs, "TRAINED_DIR", tmp_path / "nothing")
+    code, _, err = cli("modify", "shapes", "--noise", "symmetric:0.3", "--dataset-option", "n_train=20",
+                       "--dataset-option", "n_test=5", "--engine", "eager", "--engine-option", "model=shapes")
+    assert code == 2 and "not in this installation" in err and "scripts/train_echomod_shapes.sh" in err
+    code, _, err = cli("modify", "shapes", "--noise", "symmetric:0.3", "--engine", "eager",
+                       "--engine-option", "model=shapes", "--engine-option", "base_model=/elsewhere")
+    assert code == 2 and "leave base_model and controlnet out" in err
+    code, _, err = cli("modify", "shapes", "--noise", "symmetric:0.3", "--engine", "eager",
+                       "--engine-option", "model=tiny", "--engine-option", "vae=trained")
+    assert code == 2 and "vae=trained" in err
+
+
+def test_echoselect_takes_the_trained_models_calibrated_tau(shipped):
+    from echobench.echoalign.methods import EchoAlignParams, resolve_tau
+
+    learned = EchoAlignParams(engine="eager", engine_options={"model": "shapes"})
+    assert resolve_tau(learned, 0.3, "shapes") == 0.86  # no calibration.json yet: the extractor's default
+    (shipped / "calibration.json").write_text(json.dumps({"taus": {"shapes-hog": [0.61, 0.64]}}))
+    assert (resolve_tau(learned, 0.3, "shapes"), resolve_tau(learned, 0.5, "shapes")) == (0.61, 0.64)
+    assert resolve_tau(EchoAlignParams(), 0.3, "shapes") == 0.86  # the procedural engine keeps the extractor's
+    assert resolve_tau(EchoAlignParams(engine="eager", engine_options={"model": "shapes"}, extractor="open_clip"),
+                       0.3, "shapes") == 0.4  # no calibration for that extractor
+    assert resolve_tau(EchoAlignParams(engine="eager", engine_options={"model": "shapes"}, tau=0.7), 0.3, "shapes") == 0.7

@@ -41,7 +41,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from echobench.echoalign.diffusion_configs import DIFFUSION_CONFIGS, build_components, load_checkpoints, load_tiny_vae
+from echobench.echoalign.diffusion_configs import (DIFFUSION_CONFIGS, build_components, load_checkpoints, load_tiny_vae,
+                                                   trained_digest, trained_folder, trained_models)
 from echobench.engines.options import EngineSettings, check_option_names, coerce_option, resolve_dtype, torch_dtype
 from echobench.engines.registry import ENGINES, diffusion_engines
 from echobench.engines.step_shapes import StepShapes
@@ -74,7 +75,8 @@ class DiffusionConfig:
     `batch_size` changes only speed and memory, never the images.
     `model` names an architecture in `echobench.echoalign.diffusion_configs.DIFFUSION_CONFIGS`: "sd15" loads `base_model`
     and `controlnet`; "tiny" is the small test model (built locally, run at its own resolution unless
-    `resolution` is given). `random_init`: the named architecture with random weights instead (same
+    `resolution` is given); "shapes" is the learned generator of the `shapes` world, whose trained
+    weights ship with echobench (`vae=trained` decodes with the tiny VAE trained with it). `random_init`: the named architecture with random weights instead (same
     compute, nothing downloaded; for timing only, the images are noise).
     `vae`: "" decodes with the checkpoint's own VAE (exact). Otherwise a hub id or local directory of
     an `AutoencoderTiny`, e.g. "madebyollin/taesd" (TAESD, the tiny decoder the diffusers
@@ -117,6 +119,16 @@ class DiffusionConfig:
         problems = []
         if self.model not in DIFFUSION_CONFIGS:
             problems.append(f"unknown model {self.model!r}; known: {', '.join(DIFFUSION_CONFIGS)}")
+        elif DIFFUSION_CONFIGS[self.model].trained is not None:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            if (self.base_model, self.controlnet) != (defaults["base_model"], defaults["controlnet"]):
+                problems.append(f"model {self.model!r} runs its own trained weights: leave base_model and controlnet out "
+                                "(model=sd15 base_model=FOLDER/stable-diffusion controlnet=FOLDER/controlnet loads "
+                                "another train-echomod folder)")
+        if self.vae == "trained" and DIFFUSION_CONFIGS.get(self.model, None) is not None \
+                and DIFFUSION_CONFIGS[self.model].trained is None:
+            problems.append(f"vae=trained is the tiny VAE of a trained model ({', '.join(trained_models())}), "
+                            f"not of {self.model!r}: give an AutoencoderTiny folder or hub id instead")
         if self.resolution <= 0 or self.resolution % 8:
             problems.append(f"resolution must be a positive multiple of 8 (got {self.resolution})")
         if not (0 <= self.canny_low <= 255 and 0 <= self.canny_high <= 255):
@@ -275,6 +287,8 @@ def cache_config(s: DiffusionConfig, class_names: list[str], image_size: int, dt
         **({"random_init": True} if s.random_init else {}),
         **({"vae": s.vae} if s.vae else {}),
         **({"variant": s.variant} if s.variant == "fp16" and dtype != "float16" else {}),
+        # a shipped trained model: which weights (a path would differ between installations)
+        **({"weights": trained_digest(s.model)} if DIFFUSION_CONFIGS[s.model].trained and not s.random_init else {}),
     }
 
 
@@ -447,7 +461,8 @@ def load_model(config: DiffusionConfig, device: str, dtype):
     else:
         components = build_components(config.model, random_init=config.random_init, device=device, dtype=dtype)
     if config.vae:
-        components.vae = load_tiny_vae(config.vae, device, dtype)
+        vae = str(trained_folder(config.model) / "tiny-vae") if config.vae == "trained" else config.vae
+        components.vae = load_tiny_vae(vae, device, dtype)
     return components
 
 

@@ -14,6 +14,12 @@ text parameters), for timing engines on machines without the weights. Each dict 
 arguments to the diffusers class (`UNet2DConditionModel(**SD15_UNET)`, as `from_config` does) or, for
 the text encoder, to transformers' `CLIPTextConfig`.
 
+`shapes` is the learned generator of the embedded `shapes` world: the `tiny` architecture as
+`echobench train-echomod` trained it on an independent world (seed 777), its folder shipped with
+echobench under `TRAINED_DIR/shapes/` (`trained_folder`), with the thresholds EchoSelect uses on its
+pairs (`calibrated_taus`, calibration.json, measured on that training world). Its cache key carries a
+digest of its weight files (`trained_digest`), so retrained weights never mix with older images.
+
 `tiny` is the test model (diffusers' own ControlNet pipeline tests' shapes, widened to block_out_channels
 (32, 64)) at `TINY_RESOLUTION`: its "checkpoint" is the fixed, seeded weights that the parity tests use
 (`build_components("tiny")`, also as `echobench.echoalign.diffusion.tiny_components`).
@@ -36,6 +42,8 @@ import time; torch, diffusers and transformers are imported by the functions tha
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -121,8 +129,13 @@ class ModelSpec:
     scheduler: dict[str, Any] = field(repr=False)
     base_model: str | None = None
     controlnet_checkpoint: str | None = None
+    trained: str | None = None  # a folder under TRAINED_DIR holding the weights (a `train-echomod` folder)
 
 
+# Trained generators shipped with echobench: folders as `echobench train-echomod` writes them
+# (stable-diffusion/, controlnet/, tiny-vae/, training.json) plus calibration.json.
+TRAINED_DIR = Path(__file__).parent / "trained"
+TRAINED_PARTS = ("stable-diffusion", "controlnet", "tiny-vae")  # what the images depend on (the digest)
 DIFFUSION_CONFIGS: dict[str, ModelSpec] = {
     "sd15": ModelSpec(
         "sd15", "Stable Diffusion 1.5 + canny ControlNet (the paper's EchoMod model)", 512,
@@ -133,6 +146,11 @@ DIFFUSION_CONFIGS: dict[str, ModelSpec] = {
     "tiny": ModelSpec(
         "tiny", "tiny test-sized SD + ControlNet (seeded weights, built locally)", TINY_RESOLUTION,
         TINY_UNET, TINY_CONTROLNET, TINY_VAE, TINY_TEXT_ENCODER, SD15_SCHEDULER_CONFIG,
+    ),
+    "shapes": ModelSpec(
+        "shapes", "the tiny architecture trained by `echobench train-echomod` for the embedded shapes world, on an "
+        "independent world (shipped with echobench)", TINY_RESOLUTION,
+        TINY_UNET, TINY_CONTROLNET, TINY_VAE, TINY_TEXT_ENCODER, SD15_SCHEDULER_CONFIG, trained="shapes",
     ),
 }
 PARTS = ("unet", "controlnet", "vae", "text_encoder")
@@ -153,6 +171,14 @@ def build_components(name: str, *, random_init: bool = False, device: str = "cpu
     `controlnet` override the checkpoints of `sd15`'s real weights."""
     spec = model_spec(name)
     torch_dtype = _torch_dtype(dtype, device)
+    if not random_init and spec.trained is not None:
+        if base_model or controlnet:
+            raise EchobenchError(f"model {name!r}: its weights are the trained folder shipped with echobench; "
+                                 "base_model/controlnet apply to sd15 (model=sd15 base_model=FOLDER/stable-diffusion "
+                                 "controlnet=FOLDER/controlnet loads another trained folder)")
+        folder = trained_folder(name)
+        return load_checkpoints(str(folder / "stable-diffusion"), str(folder / "controlnet"), device, torch_dtype,
+                                variant=variant)
     if not random_init and spec.base_model is not None:
         return load_checkpoints(base_model or spec.base_model, controlnet or spec.controlnet_checkpoint, device,
                                 torch_dtype, variant=variant)
@@ -170,6 +196,55 @@ def build_components(name: str, *, random_init: bool = False, device: str = "cpu
                 module.to(dtype=torch_dtype)
         module.to(device=device).eval()
     return components
+
+
+def trained_folder(name: str) -> Path:
+    """The shipped folder of trained model `name`; an EchobenchError saying how to make it when it is
+    missing from this installation."""
+    spec = model_spec(name)
+    if spec.trained is None:
+        raise EchobenchError(f"model {name!r} has no trained folder (only {', '.join(trained_models())} have)")
+    folder = TRAINED_DIR / spec.trained
+    if not all((folder / part).is_dir() for part in TRAINED_PARTS):
+        raise EchobenchError(
+            f"model {name!r}: its trained weights are not in this installation ({folder} lacks "
+            f"{', '.join(part + '/' for part in TRAINED_PARTS)}). Train them with `bash scripts/train_echomod_shapes.sh` "
+            f"(resumable) and copy the folder there, or use model=sd15 with base_model/controlnet pointing at a "
+            f"`train-echomod` folder")
+    return folder
+
+
+def trained_models() -> list[str]:
+    return [name for name, spec in DIFFUSION_CONFIGS.items() if spec.trained is not None]
+
+
+def trained_digest(name: str) -> str:
+    """A short hash of trained model `name`'s weight and config files (every file of `TRAINED_PARTS`):
+    part of EchoMod's cache key, where a path would differ between installations."""
+    return _folder_digest(str(trained_folder(name)))
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_digest(folder: str) -> str:
+    digest = hashlib.sha256()
+    for part in TRAINED_PARTS:
+        for path in sorted(p for p in (Path(folder) / part).rglob("*") if p.is_file()):
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def calibrated_taus(name: str, extractor: str) -> tuple[float, float] | None:
+    """EchoSelect's (low-noise, high-noise) thresholds for the pairs of trained model `name` with
+    `extractor`, as calibrated on its training world (its calibration.json); None when the model is
+    not a trained one or has no calibration for that extractor."""
+    if name not in DIFFUSION_CONFIGS or model_spec(name).trained is None:
+        return None
+    path = trained_folder(name) / "calibration.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get("taus", {}).get(extractor)
+    return (float(entry[0]), float(entry[1])) if entry else None
 
 
 def default_resolution(name: str) -> int:

@@ -75,6 +75,17 @@ def sample_seeds(base_seed: int, dataset_key: str, indices: np.ndarray, labels: 
     return out
 
 
+def generator_taus(engine: str, options: dict[str, Any] | None, extractor: str) -> tuple[float, float] | None:
+    """EchoSelect's (low-noise, high-noise) τ calibrated for the generator `engine` + `options` runs,
+    with `extractor`: a trained diffusion model's own (`diffusion_configs.calibrated_taus`); None
+    where the generator has none (the extractor's defaults apply)."""
+    if not is_diffusion_engine(engine):
+        return None
+    from echobench.echoalign.diffusion_configs import calibrated_taus
+
+    return calibrated_taus(str((options or {}).get("model", "sd15")), extractor)
+
+
 def config_digest(config: dict[str, Any]) -> str:
     """A short stable hash of a generator config: part of the cache key."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()

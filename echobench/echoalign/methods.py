@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from echobench.echoalign.echomod import default_engine, make_modifier, modifier_config
+from echobench.echoalign.echomod import default_engine, generator_taus, make_modifier, modifier_config
 from echobench.echoalign.echoselect import check_tau, default_tau, keep_original, paired_cosine
 from echobench.errors import EchobenchError
 from echobench.echoalign.features import default_extractor, make_extractor
@@ -133,9 +133,15 @@ def similarity_of_pairs(dataset: str, originals: np.ndarray, modified: np.ndarra
 
 
 def resolve_tau(params: EchoAlignParams, noise_rate: float, dataset: str) -> float:
+    """`params.tau`, else the generator's calibrated thresholds for the extractor (a trained model's
+    calibration.json), else the extractor's defaults; the low one below 37.5% noise, as in the paper."""
     if params.tau is not None:
         return check_tau(params.tau)
-    return default_tau(noise_rate, params.extractor or default_extractor(dataset))
+    extractor = params.extractor or default_extractor(dataset)
+    taus = generator_taus(params.engine or default_engine(dataset), params.engine_options, extractor)
+    if taus is not None:
+        return taus[0] if noise_rate < 0.375 else taus[1]
+    return default_tau(noise_rate, extractor)
 
 
 @dataclass
