@@ -191,3 +191,15 @@ def test_diagnostics_explain_near_chance_cells_and_skipped_stages(tmp_path):
     assert "learnt the noise" in found[("ce", "near chance")] and "90.0%" in found[("ce", "near chance")]
     assert found[("t-revision", "skipped stage")] == "revision skipped: it cannot revise T"
     assert "## Diagnostics" in (tmp_path / "report.md").read_text()
+
+
+def test_agreement_figure_labels_of_close_points_do_not_overlap():
+    from echobench.reporting.paper_agreement import label_heights
+
+    x = [88.0, 88.5, 89.0, 60.0, 88.2]
+    y = [80.0, 80.2, 80.1, 80.0, 50.0]
+    heights = label_heights(x, y, gap=2.0, near=5.0)
+    close = sorted(heights[i] for i in (0, 1, 2))
+    assert all(b - a >= 2.0 - 1e-9 for a, b in zip(close, close[1:]))  # the cluster's labels stack
+    assert heights[3] == 80.0 and heights[4] == 50.0  # a point far along x, or far below, keeps its own height
+    assert min(close) == 80.0  # the lowest of the cluster keeps its own height

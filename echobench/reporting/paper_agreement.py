@@ -174,6 +174,20 @@ def agreement_markdown(records: list[dict[str, Any]], metric: str, metric_titles
     return "\n".join(parts)
 
 
+def label_heights(x: list[float], y: list[float], *, gap: float, near: float) -> list[float]:
+    """A height for each point's label, at least `gap` from the label of any point less than `near`
+    away along x: from the lowest point up, a label that would touch one below it moves up (methods
+    with close accuracies would otherwise print over each other)."""
+    heights = list(y)
+    placed: list[int] = []
+    for i in sorted(range(len(y)), key=lambda k: (y[k], x[k])):
+        for j in sorted(placed, key=lambda k: heights[k]):
+            if abs(x[i] - x[j]) < near and heights[i] - heights[j] < gap:
+                heights[i] = heights[j] + gap
+        placed.append(i)
+    return heights
+
+
 def plot_column(record: dict[str, Any], path: Path, title: str) -> None:
     """The paper's accuracy (x) against ours (y) in one column, one labelled point per method, the
     diagonal dashed (atomic PNG)."""
@@ -187,10 +201,15 @@ def plot_column(record: dict[str, Any], path: Path, title: str) -> None:
     y = [record["ours"][m] for m in methods]
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     ax.scatter(x, y, s=22, color="tab:blue")
-    for m, a, b in zip(methods, x, y):
-        ax.annotate(m, (a, b), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                    color="tab:red" if m == "ce" else "black")
     low, high = min(x + y) - 3, max(x + y) + 3
+    gap, near = 0.035 * (high - low), 0.12 * (high - low)
+    for m, a, b, label_y in zip(methods, x, y, label_heights(x, y, gap=gap, near=near)):
+        moved = abs(label_y - b) > 1e-9
+        # right of every point it would otherwise print over
+        label_x = max([a] + [c for c, d in zip(x, y) if abs(c - a) < near and abs(d - label_y) < gap]) + 0.012 * (high - low)
+        ax.annotate(m, (a, b), xytext=(label_x, label_y), textcoords="data", fontsize=7,
+                    va="center", color="tab:red" if m == "ce" else "black",
+                    arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5} if moved else None)
     ax.plot([low, high], [low, high], "--", color="grey", linewidth=0.8, label="ours = paper")
     ax.set_xlabel(f"paper, {record['paper_dataset']} (%)")
     ax.set_ylabel(f"ours, {record['dataset']} (%)")
