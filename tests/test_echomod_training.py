@@ -462,3 +462,28 @@ def test_echoselect_takes_the_trained_models_calibrated_tau(shipped):
     assert resolve_tau(EchoAlignParams(engine="eager", engine_options={"model": "shapes"}, extractor="open_clip"),
                        0.3, "shapes") == 0.4  # no calibration for that extractor
     assert resolve_tau(EchoAlignParams(engine="eager", engine_options={"model": "shapes"}, tau=0.7), 0.3, "shapes") == 0.7
+
+
+def test_the_calibration_script_takes_youden_taus_on_the_training_world(shipped, monkeypatch, capsys):
+    """scripts/calibrate_generator_tau.py, at a size that runs in seconds, on the stand-in shipped
+    model: world 777 (not the benchmark's 0), both noise levels, calibration.json beside the weights,
+    which `resolve_tau` then uses."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from echobench.echoalign.methods import EchoAlignParams, resolve_tau
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_generator_tau.py"
+    spec = importlib.util.spec_from_file_location("calibrate_generator_tau", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["calibrate", "--engine-option", "steps=2", "--n-train", "60", "--no-progress"])
+    assert script.main() == 0
+    doc = json.loads((shipped / "calibration.json").read_text())
+    assert doc["world"] == {"seed": 777, "n_train": 60} and set(doc["measured"]) == {"instance:0.3", "instance:0.5"}
+    low, high = doc["taus"]["shapes-hog"]
+    assert [low, high] == [doc["measured"][n]["youden_tau"] for n in ("instance:0.3", "instance:0.5")]
+    assert doc["engine_options"] == {"model": "shapes", "steps": 2} and "--n-train 60" in doc["command"]
+    learned = EchoAlignParams(engine="eager", engine_options={"model": "shapes"})
+    assert (resolve_tau(learned, 0.3, "shapes"), resolve_tau(learned, 0.5, "shapes")) == (low, high)
