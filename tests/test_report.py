@@ -155,6 +155,11 @@ def test_agreement_leaves_out_a_method_with_several_rows(tmp_path):
     doc = write_reports(store_root)
     best = next(c for c in doc["agreement"]["columns"] if c["metric"] == "best_val")
     assert "apl" not in best["methods"] and len(best["left_out"]) == 3 and best["beat_ce_of"] == 2
+    # each apl row in turn stands for apl, ρ over ce, pce, joint and that row; the paper's order is
+    # ce < pce < apl < joint. apl at 0.7: pce < ce < apl < joint, ρ = 0.8; at 0.2: apl < pce < ce < joint, ρ = 0.2
+    assert set(best["spearman_with"]) == set(best["left_out"])
+    assert sorted(best["spearman_with"].values()) == [pytest.approx(0.2), pytest.approx(0.8), pytest.approx(0.8)]
+    assert "Spearman with each" in (store_root / "report.md").read_text()
 
 
 def test_paper_column_of_each_reported_dataset_and_none_elsewhere():

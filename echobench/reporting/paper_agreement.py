@@ -6,7 +6,8 @@ world, for its stated analog CIFAR-10 (`PAPER_ANALOG`) — and for each of the t
 - `spearman`: Spearman's rank correlation between our mean accuracy and the paper's over the methods
   both report (average ranks for ties). Only methods with exactly one row take part: a method with
   several rows (e.g. EchoAlign with two generators) has no single rank, so its rows are left out and
-  named in `left_out`.
+  named in `left_out`; `spearman_with` gives, for each such row, ρ with that row standing for its
+  method (its siblings left out), so that each variant's agreement is visible too.
 - `beat_ce`: how many of the paper's baselines (its Table 1 rows other than CE and "Ours") have a
   higher mean than CE in our column, beside the same count in the paper's column.
 
@@ -80,7 +81,14 @@ def column_agreement(table, noise: str, paper: dict[str, float]) -> dict[str, An
     ours = {m: table.entries[(label, noise)].mean for m, label in single.items()}
     methods = sorted(ours)
     baselines = [m for m in paper if m not in ("ce", "echoalign")]
-    out = {"methods": methods, "left_out": left_out,
+    spearman_with = {}
+    for label in left_out:
+        method = table.rows.get(label, {"method": label})["method"]
+        with_row = {**ours, method: table.entries[(label, noise)].mean}
+        spearman_with[label] = _round(spearman([with_row[m] for m in sorted(with_row)], [paper[m] for m in sorted(with_row)]))
+    out = {"methods": methods, "left_out": left_out, "spearman_with": spearman_with,
+           "left_out_ours": {label: round(table.entries[(label, noise)].mean, 2) for label in left_out},
+           "left_out_paper": {label: paper[table.rows.get(label, {"method": label})["method"]] for label in left_out},
            "spearman": _round(spearman([ours[m] for m in methods], [paper[m] for m in methods])),
            "ours": {m: round(ours[m], 2) for m in methods}, "paper": {m: paper[m] for m in methods}}
     if "ce" in ours:
@@ -89,6 +97,10 @@ def column_agreement(table, noise: str, paper: dict[str, float]) -> dict[str, An
         out["beat_ce_of"] = len(compared)
         out["paper_beat_ce"] = sum(paper[m] > paper["ce"] for m in compared)
     return out
+
+
+def _signed(rho: float | None) -> str:
+    return "—" if rho is None else f"{rho:+.2f}"
 
 
 def _round(value: float) -> float | None:
@@ -165,12 +177,14 @@ def agreement_markdown(records: list[dict[str, Any]], metric: str, metric_titles
         rs = [r for r in records if r["metric"] == s["metric"] and r["dataset"] == s["dataset"]]
         rows = [[NoiseSpec.parse(r["noise"]).label(), "—" if r["spearman"] is None else f"{r['spearman']:+.2f}",
                  len(r["methods"]), f"{r.get('beat_ce', '—')} / {r.get('beat_ce_of', '—')}",
-                 f"{r.get('paper_beat_ce', '—')}", ", ".join(r["left_out"]) or "—",
+                 f"{r.get('paper_beat_ce', '—')}",
+                 "; ".join(f"{label}: {_signed(rho)}" for label, rho in r.get("spearman_with", {}).items()) or "—",
                  f"[figure]({figure_name(r['dataset'], r['noise'])})" if s["metric"] == metric else ""]
                 for r in rs]
         parts.append(f"### {s['dataset']}, {metric_titles.get(s['metric'], s['metric'])}\n")
         parts.append(tabulate(rows, ["column", "Spearman", "methods", "beat CE (ours)", "beat CE (paper)",
-                                     "left out (several rows)", "figure"], tablefmt="pipe", stralign="center", disable_numparse=True) + "\n")
+                                     "several rows: Spearman with each", "figure"], tablefmt="pipe", stralign="center",
+                              disable_numparse=True) + "\n")
     return "\n".join(parts)
 
 
@@ -201,6 +215,13 @@ def plot_column(record: dict[str, Any], path: Path, title: str) -> None:
     y = [record["ours"][m] for m in methods]
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     ax.scatter(x, y, s=22, color="tab:blue")
+    extra = record.get("left_out", [])  # rows of a method with several: hollow, not in ρ
+    if extra:
+        ax.scatter([record["left_out_paper"][r] for r in extra], [record["left_out_ours"][r] for r in extra], s=22,
+                   facecolors="none", edgecolors="tab:blue", label="a method's several rows (not in ρ)")
+        methods = methods + extra
+        x = x + [record["left_out_paper"][r] for r in extra]
+        y = y + [record["left_out_ours"][r] for r in extra]
     low, high = min(x + y) - 3, max(x + y) + 3
     gap, near = 0.035 * (high - low), 0.12 * (high - low)
     for m, a, b, label_y in zip(methods, x, y, label_heights(x, y, gap=gap, near=near)):
