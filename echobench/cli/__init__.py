@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"echobench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("echobench: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        print("echobench: interrupted; what finished is kept (cells, a training checkpoint): re-run the same command "
+              "to resume", file=sys.stderr)
         return 130
 
 
