@@ -175,16 +175,18 @@ def agreement_markdown(records: list[dict[str, Any]], metric: str, metric_titles
                                  "(paper)"], tablefmt="pipe", stralign="center", disable_numparse=True) + "\n")
     for s in summary:
         rs = [r for r in records if r["metric"] == s["metric"] and r["dataset"] == s["dataset"]]
+        several = any(r.get("spearman_with") for r in rs)  # the column only where a method has several rows
         rows = [[NoiseSpec.parse(r["noise"]).label(), "—" if r["spearman"] is None else f"{r['spearman']:+.2f}",
                  len(r["methods"]), f"{r.get('beat_ce', '—')} / {r.get('beat_ce_of', '—')}",
                  f"{r.get('paper_beat_ce', '—')}",
-                 "; ".join(f"{label}: {_signed(rho)}" for label, rho in r.get("spearman_with", {}).items()) or "—",
+                 *(["; ".join(f"{label}: {_signed(rho)}" for label, rho in r.get("spearman_with", {}).items()) or "—"]
+                   if several else []),
                  f"[figure]({figure_name(r['dataset'], r['noise'])})" if s["metric"] == metric else ""]
                 for r in rs]
         parts.append(f"### {s['dataset']}, {metric_titles.get(s['metric'], s['metric'])}\n")
         parts.append(tabulate(rows, ["column", "Spearman", "methods", "beat CE (ours)", "beat CE (paper)",
-                                     "several rows: Spearman with each", "figure"], tablefmt="pipe", stralign="center",
-                              disable_numparse=True) + "\n")
+                                     *(["several rows: Spearman with each"] if several else []), "figure"],
+                              tablefmt="pipe", stralign="center", disable_numparse=True) + "\n")
     return "\n".join(parts)
 
 
