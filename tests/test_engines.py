@@ -757,8 +757,9 @@ def test_model_configs():
     """sd15 is written out from the public checkpoints' config.json files: the parameter counts on
     torch's meta device match the published ones (UNet 859.5 M, VAE 83.7 M, CLIP text 123.1 M;
     ControlNet canny 361.3 M)."""
-    assert set(DIFFUSION_CONFIGS) == {"sd15", "tiny"} and default_resolution("sd15") == 512
-    assert default_resolution("tiny") == TINY_RESOLUTION
+    assert set(DIFFUSION_CONFIGS) == {"sd15", "tiny", "shapes"} and default_resolution("sd15") == 512
+    assert default_resolution("tiny") == default_resolution("shapes") == TINY_RESOLUTION
+    assert parameter_counts("shapes") == parameter_counts("tiny")  # the tiny architecture, trained
     assert SD15_UNET["block_out_channels"] == SD15_CONTROLNET["block_out_channels"] == (320, 640, 1280, 1280)
     assert SD15_UNET["cross_attention_dim"] == SD15_CONTROLNET["cross_attention_dim"] == 768
     assert parameter_counts("sd15") == {"unet": 859_520_964, "controlnet": 361_279_120, "vae": 83_653_863,

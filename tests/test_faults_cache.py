@@ -234,7 +234,7 @@ def test_run_on_a_read_only_cache_with_pairs_to_generate_says_so_before_any_cell
     import json
 
     from echobench.cli import main
-    from echobench.harness import echomod_shards, runner  # noqa: F401 - imported before the child drops root
+    from echobench.harness import echomod_shards, packing, runner  # noqa: F401 - imported before the child drops root
     from echobench.engines.procedural import engine  # noqa: F401
 
     (shared / "ro-cache").mkdir(mode=0o755)
