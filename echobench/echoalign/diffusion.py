@@ -76,8 +76,9 @@ class DiffusionConfig:
     `model` names an architecture in `echobench.echoalign.diffusion_configs.DIFFUSION_CONFIGS`: "sd15" loads `base_model`
     and `controlnet`; "tiny" is the small test model (built locally, run at its own resolution unless
     `resolution` is given); "shapes" is the learned generator of the `shapes` world, whose trained
-    weights ship with echobench (`vae=trained` decodes with the tiny VAE trained with it). `random_init`: the named architecture with random weights instead (same
-    compute, nothing downloaded; for timing only, the images are noise).
+    weights ship with echobench (`vae=trained` decodes with the tiny VAE trained with it).
+    `random_init`: the named architecture with random weights instead (same compute, nothing
+    downloaded; for timing only, the images are noise).
     `vae`: "" decodes with the checkpoint's own VAE (exact). Otherwise a hub id or local directory of
     an `AutoencoderTiny`, e.g. "madebyollin/taesd" (TAESD, the tiny decoder the diffusers
     documentation swaps in with `pipe.vae = AutoencoderTiny.from_pretrained(...)`). It is an
@@ -125,8 +126,7 @@ class DiffusionConfig:
                 problems.append(f"model {self.model!r} runs its own trained weights: leave base_model and controlnet out "
                                 "(model=sd15 base_model=FOLDER/stable-diffusion controlnet=FOLDER/controlnet loads "
                                 "another train-echomod folder)")
-        if self.vae == "trained" and DIFFUSION_CONFIGS.get(self.model, None) is not None \
-                and DIFFUSION_CONFIGS[self.model].trained is None:
+        if self.vae == "trained" and self.model in DIFFUSION_CONFIGS and DIFFUSION_CONFIGS[self.model].trained is None:
             problems.append(f"vae=trained is the tiny VAE of a trained model ({', '.join(trained_models())}), "
                             f"not of {self.model!r}: give an AutoencoderTiny folder or hub id instead")
         if self.resolution <= 0 or self.resolution % 8:

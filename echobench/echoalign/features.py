@@ -47,7 +47,13 @@ def default_extractor(dataset: str) -> str:
 def extractor_default_tau(name: str, noise_rate: float) -> float:
     """The extractor's default τ: its low value below 37.5% noise, its high value above (for CLIP the
     paper's 0.4 at 30% and 0.52 at 45–50%; CIFAR-10N's ~17% random sets get 0.4 and worst 0.52)."""
-    low, high = EXTRACTORS.get(name).taus
+    return tau_for_rate(EXTRACTORS.get(name).taus, noise_rate)
+
+
+def tau_for_rate(taus: tuple[float, float], noise_rate: float) -> float:
+    """The low threshold of a (low-noise, high-noise) pair below 37.5% noise, the high one above (the
+    paper's 0.4 at 30% and 0.52 at 45–50%, split half-way between 30 and 45)."""
+    low, high = taus
     return low if noise_rate < 0.375 else high
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from echobench.echoalign.echomod import default_engine, generator_taus, make_modifier, modifier_config
 from echobench.echoalign.echoselect import check_tau, default_tau, keep_original, paired_cosine
 from echobench.errors import EchobenchError
-from echobench.echoalign.features import default_extractor, make_extractor
+from echobench.echoalign.features import default_extractor, make_extractor, tau_for_rate
 from echobench.training.method import Method, Passes, register_method
 from echobench.echoalign.cache import SHARD_SIZE, CacheStats, cache_for
 
@@ -140,7 +140,7 @@ def resolve_tau(params: EchoAlignParams, noise_rate: float, dataset: str) -> flo
     extractor = params.extractor or default_extractor(dataset)
     taus = generator_taus(params.engine or default_engine(dataset), params.engine_options, extractor)
     if taus is not None:
-        return taus[0] if noise_rate < 0.375 else taus[1]
+        return tau_for_rate(taus, noise_rate)
     return default_tau(noise_rate, extractor)
 
 
