@@ -20,6 +20,18 @@ def one_torch_thread():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def cpu_runs_in_process():
+    """`echobench run` on CPU defaults to one worker process per core; tests run the CLI in-process
+    with monkeypatches that worker processes would not see, so here the default is one (in-process).
+    `test_executors.py` checks the real default; tests that start `python -m echobench run` say --workers."""
+    from echobench.harness import local_workers
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_workers, "default_cpu_workers", lambda threads: 1)
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def echomod_cache_in_tmp(tmp_path_factory):
     """EchoMod's cache of modified images goes to a temporary directory, never the user's cache."""
     before = os.environ.get("ECHOBENCH_CACHE")

@@ -18,6 +18,7 @@ import pytest
 
 from echobench.harness.context import RunContext
 from echobench.harness.executors import make_executor
+from echobench.harness.local_workers import default_cpu_workers as REAL_DEFAULT_CPU_WORKERS  # before conftest's patch
 from echobench.harness.runner import run_suite
 from echobench.harness.suite import load_suite, parse_suite
 
@@ -95,7 +96,20 @@ def test_gpu_workers_are_pinned_round_robin_to_the_visible_gpus(monkeypatch):
     assert executors.local_plan(auto, workers=1).workers == 1
     monkeypatch.setattr(environment, "resolve_device", lambda requested="auto": "cpu")
     cpu = executors.local_plan(RunContext.resolve(device="cpu", threads=1), workers=2)
-    assert cpu.gpus == (None, None) and cpu.threads == 1 and executors.local_plan(RunContext.resolve(device="cpu")).workers == 1
+    assert cpu.gpus == (None, None) and cpu.threads == 1
+
+
+def test_cpu_default_is_one_single_threaded_worker_per_core(monkeypatch):
+    import echobench.harness.local_workers as local_workers
+
+    monkeypatch.setattr(local_workers, "default_cpu_workers", REAL_DEFAULT_CPU_WORKERS)  # conftest makes it 1
+    monkeypatch.setattr(local_workers.os, "cpu_count", lambda: 6)
+    plan = local_workers.local_plan(RunContext.resolve(device="cpu"))
+    assert (plan.workers, plan.threads, plan.gpus) == (6, 1, (None,) * 6)
+    assert "6 workers on cpu, 1 thread(s) each" in plan.describe()
+    threaded = local_workers.local_plan(RunContext.resolve(device="cpu", threads=2))  # --threads alone: one process
+    assert (threaded.workers, threaded.threads) == (1, 2)
+    assert local_workers.local_plan(RunContext.resolve(device="cpu"), workers=3).threads == 2  # cores / workers
 
 
 def test_visible_gpus_honour_cuda_visible_devices(monkeypatch):

@@ -143,7 +143,8 @@ def test_sigkill_mid_suite_then_rerun_completes_without_loss_or_duplicates(tmp_p
     suite_file = tmp_path / "kill.yaml"
     suite_file.write_text(json.dumps({**TINY, "name": "kill", "seeds": [1, 2, 3, 4, 5, 6]}))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "echobench", "run", "--suite", str(suite_file), "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "echobench", "run", "--suite", str(suite_file), "--out", str(out), "--no-progress",
+           "--workers", "1"]  # the in-process runner (test_executors.py kills worker processes)
     proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300  # generous: a loaded 2-core CI machine starts torch slowly

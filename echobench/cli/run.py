@@ -45,7 +45,8 @@ def add_parser(add) -> None:
                      help="list the cells, count EchoMod's distinct pairs and project GPU-hours per stage "
                           "(EchoMod, EchoSelect, training per method; projections), then exit; never downloads")
     add_json(run, "print a JSON summary instead of the table")
-    add_threads(run, "torch CPU threads (default: torch's choice; 1 is often fastest for small CPU models on a busy machine)")
+    add_threads(run, "torch CPU threads of each process computing cells (default: 1 per worker when --workers is "
+                     "left out, else cores / workers; given alone on CPU, one process runs every cell with N threads)")
     add_progress(run)
     run.add_argument("--executor", default="local", choices=["local", "ray"],
                      help="local (default): --workers processes on this machine; ray: one Ray task per cell "
@@ -54,8 +55,9 @@ def add_parser(add) -> None:
     run.add_argument("--workers", type=int,
                      help="local executor: worker processes, each pinned to one GPU (CUDA_VISIBLE_DEVICES) or, on "
                           "CPU, running --threads torch threads (default: cores / workers); they take the pending "
-                          "cells of one results store. Default: the number of visible GPUs, or 1 on CPU; 1 runs "
-                          "the cells one by one in this process")
+                          "cells of one results store. Default: the number of visible GPUs; on CPU one per core, "
+                          "one torch thread each (but 1 when --threads is given); 1 runs the cells one by one "
+                          "in this process")
     run.add_argument("--cells-per-gpu", metavar="K|auto",
                      help="K cells side by side on each GPU: the local executor runs K workers per visible GPU "
                           "(--workers then defaults to GPUs × K), Ray gives each task 1/K of a GPU; on CPU, K "

@@ -80,11 +80,23 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(count)]
 
 
+def default_cpu_workers(threads: int | None) -> int:
+    """`--workers` left out on CPU: one worker per core, one torch thread each; but `--threads T` alone
+    keeps one process with T threads (what it asked for).
+
+    The models a CPU runs are small, and a second intra-op thread speeds one cell up far less than a
+    second cell beside it does (the README's quickstart gives the `demo` suite both ways). One thread per
+    cell also makes a run's numbers the same on machines with different numbers of cores.
+    """
+    return (os.cpu_count() or 1) if threads is None else 1
+
+
 def local_plan(ctx: RunContext, workers: int | None = None, cells_per_gpu: int | None = None) -> LocalPlan:
     """Resolve the context's device and threads and `--workers` for the local executor.
 
-    GPU workers are pinned round-robin over the visible GPUs (more workers than GPUs share them).
-    CPU workers get `ctx.threads` torch threads each, by default the machine's cores divided among them.
+    `workers` defaults to the number of visible GPUs, or on CPU to `default_cpu_workers`. GPU workers
+    are pinned round-robin over the visible GPUs (more workers than GPUs share them). CPU workers get
+    `ctx.threads` torch threads each, by default the machine's cores divided among them.
 
     `cells_per_gpu` K (`--cells-per-gpu`, resolved from `auto` by `echobench.harness.packing`): K
     workers per visible GPU (per the one GPU that --device cuda:N names; on CPU, K workers on the
@@ -95,7 +107,10 @@ def local_plan(ctx: RunContext, workers: int | None = None, cells_per_gpu: int |
     if cells_per_gpu is not None:
         return _packed_plan(resolved, threads, gpus, workers, cells_per_gpu)
     if workers is None:
-        workers = len(gpus) if resolved == "cuda" and gpus else 1
+        if resolved == "cuda" and gpus:
+            workers = len(gpus)
+        else:
+            workers = default_cpu_workers(threads) if resolved == "cpu" else 1
     if workers == 1:
         return LocalPlan(1, resolved, (None,), threads)
     if resolved.startswith("cuda:"):
