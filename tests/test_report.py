@@ -162,6 +162,22 @@ def test_agreement_leaves_out_a_method_with_several_rows(tmp_path):
     assert "Spearman with each" in (store_root / "report.md").read_text()
 
 
+def test_row_labels_name_only_the_settings_a_row_sets():
+    from echobench.reporting.tables import row_labels
+
+    def row(params, method="echoalign"):
+        return {"method": method, "stale": False,
+                "experiment": {"method": method, "method_params": params, "protocol": {"epochs": 30}}}
+
+    procedural = row({"engine": "", "engine_options": {}, "tau": None})
+    learned = row({"engine": "eager", "engine_options": {"model": "shapes", "steps": 10}, "tau": None})
+    assert row_labels({"p": procedural, "l": learned}) == {
+        "p": "echoalign (engine=default)", "l": "echoalign (engine=eager, model=shapes, steps=10)"}
+    # rows told apart only by an unset setting keep every differing setting, so their labels differ
+    labels = row_labels({"a": row({"x": {}, "y": 1}, "m"), "b": row({"y": 1}, "m")})
+    assert labels == {"a": "m (x={})", "b": "m (x=—)"}
+
+
 def test_paper_column_of_each_reported_dataset_and_none_elsewhere():
     from echobench.reporting.paper_agreement import paper_column
 

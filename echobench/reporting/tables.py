@@ -85,7 +85,8 @@ class Table:
 # `plugins`: version and source digest of each plugin the cell uses (echobench.harness.cells.plugin_provenance),
 # so a row whose seeds ran different versions of a plugin is marked like one that ran different revisions.
 PROVENANCE = ("git", "packages", "plugins", "python", "device", "threads", "host")
-ROW_PATH_NAMES = (("method_params.", ""), ("dataset_options.", "dataset."))  # how a setting is named in a label
+# how a setting is named in a label (the first prefix that matches)
+ROW_PATH_NAMES = (("method_params.engine_options.", ""), ("method_params.", ""), ("dataset_options.", "dataset."))
 
 
 def provenance(config: dict) -> dict[str, Any]:
@@ -127,13 +128,20 @@ def row_labels(rows: dict[str, dict]) -> dict[str, str]:
         paths = sorted({p for f in flats.values() for p in f})
         differing = [p for p in paths if len({json.dumps(f[p], sort_keys=True, default=str) if p in f else None
                                               for f in flats.values()}) > 1]
+        # A setting a row leaves unset (absent, or an empty dict where another row has entries) is left
+        # out of its label, unless that makes two labels equal: then every differing setting is shown.
+        compact = {k: [p for p in differing if flats[k].get(p, {}) != {}] for k in keys}
+        if len({tuple((p, json.dumps(flats[k][p], default=str)) for p in compact[k]) for k in keys}) < len(keys):
+            compact = {k: differing for k in keys}
         for k in keys:
-            shown = ", ".join(f"{_setting_name(p)}={_value_text(flats[k].get(p, '—'))}" for p in differing)
+            shown = ", ".join(f"{_setting_name(p)}={_value_text(flats[k].get(p, '—'))}" for p in compact[k])
             labels[k] = method + (f" ({shown})" if shown else "") + (" [stale]" if rows[k]["stale"] else "")
     return labels
 
 
 def _value_text(value: Any) -> str:
+    if value == "":
+        return "default"  # e.g. echoalign's engine "": the dataset's default engine
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
