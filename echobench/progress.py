@@ -12,3 +12,12 @@ def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def write_line(text: str) -> None:
+    """One line on stderr that leaves the progress bars above it intact (tqdm.write)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stderr)

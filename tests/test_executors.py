@@ -41,9 +41,10 @@ ECHOMOD_SUITE = {  # EchoAlign on the procedural engine: two cache shards of pai
 
 
 def run_suite_with(executor: str, suite, out, *, device: str = "auto", workers: int | None = None,
-                   threads: int | None = None, cache_dir: str | None = None, address: str | None = None):
+                   threads: int | None = None, cache_dir: str | None = None, address: str | None = None,
+                   progress: bool = False):
     """`echobench run`'s path: one context, the named executor, the runner."""
-    ctx = RunContext.resolve(device=device, threads=threads, cache_dir=cache_dir)
+    ctx = RunContext.resolve(device=device, threads=threads, cache_dir=cache_dir, progress=progress)
     return run_suite(suite, out, ctx, make_executor(executor, ctx, workers=workers, address=address))
 
 
@@ -201,6 +202,42 @@ def test_ray_generates_echomod_pairs_in_shard_tasks_and_training_only_reads_them
     assert sum(r["diagnostics"]["cache"]["generated"] for r in local_results.values()) > 0  # in-process: made in the cell
     shards = sorted(p.name for p in (tmp_path / "cache-ray").rglob("shard-*.npz"))
     assert shards == ["shard-000000.npz", "shard-000001.npz"]  # one per generation shard task (0/2 and 1/2)
+
+
+def test_local_workers_generate_echomod_pairs_in_shards_first(tmp_path, capsys):
+    """With two workers the pairs are made by two generation shards before any cell starts: each cell
+    only reads the cache, and the results are the one-by-one runner's."""
+    suite = parse_suite(ECHOMOD_SUITE, "test")
+    one = run_suite_with("local", suite, tmp_path / "one", device="cpu", workers=1, threads=1,
+                         cache_dir=str(tmp_path / "cache-one"))
+    capsys.readouterr()
+    two = run_suite_with("local", suite, tmp_path / "two", device="cpu", workers=2, threads=1,
+                         cache_dir=str(tmp_path / "cache-two"), progress=True)
+    assert len(one.computed) == len(two.computed) == 2 and not one.failed and not two.failed
+    assert_same_results(results(tmp_path / "two"), results(tmp_path / "one"))
+    for r in results(tmp_path / "two").values():
+        cache = r["diagnostics"]["cache"]
+        assert cache["generated"] == 0 and cache["cached"] == cache["requested"] == r["sizes"]["train"]
+    err = capsys.readouterr().err
+    assert "shard 1/2" in err and "shard 2/2" in err and "generated" in err
+    shards = sorted(p.name for p in (tmp_path / "cache-two").rglob("shard-*.npz"))
+    assert shards == ["shard-000000.npz", "shard-000001.npz"]
+
+
+def test_a_failed_generation_shard_is_one_line_and_the_run_goes_on(tmp_path, capsys):
+    """A worker's shard job that raises answers `failed` with the error (the driver prints one line and
+    hands out the cells, which generate their missing pairs themselves)."""
+    import echobench.harness.local_workers as local_workers
+
+    jobs = local_workers._shard_jobs(parse_suite(ECHOMOD_SUITE, "test").expand(), 2)
+    assert [j.shard for j in jobs] == [(0, 2), (1, 2)] and local_workers._shard_jobs([], 2) == []
+    assert local_workers._shard_jobs(parse_suite(ECHOMOD_SUITE, "test").expand(), 1) == []  # one worker: no phase
+    message = jobs[0].message()
+    message["group"]["dataset_options"] = {"n_train": -5}  # the worker cannot load this dataset
+    answer = local_workers._generate(json.loads(json.dumps(message)), RunContext.resolve(device="cpu"))
+    assert answer["status"] == "failed" and "n_train" in answer["error"]
+    local_workers._report_shard(jobs[0], answer, progress=False)
+    assert "shard 1/2 failed" in capsys.readouterr().err
 
 
 MIXED_SUITE = {  # a selection cell (Table 4's kind) beside training cells, on the procedural engine
