@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,14 @@ REPORT = RESULTS / "report.json"
 SUITE = "shapes"
 FLOOR_POINTS = 1.0  # accuracy points (%): the narrowest band, whatever the recorded seed spread
 
-# The re-run subset: one cell of every method of the committed run, so that a method that breaks is
-# re-run at all. Method i (in the suite's order) takes Table 1's noise column i mod 5, or, if the
-# method's recorded mean there is below CHANCE_MARGIN, the next column (in Table 1's order, wrapping)
-# where it is not: a cell at chance cannot show a breakage (a broken method sits at chance too). Of
-# that row's three seeds it takes the one whose recorded value is the row's median: a typical run of
-# the method, not an outlier. A cell takes about 1.5–3 min on one thread of a 2-core machine (the
-# multi-stage and two-network methods the longest).
+# The re-run subset: one cell of every row of the committed run (every method, and both EchoAlign rows:
+# the procedural generator and the learned one), so that a method that breaks is re-run at all. Row i
+# (the suite's method order, then the label) takes Table 1's noise column i mod 5, or, if the row's
+# recorded mean there is below CHANCE_MARGIN, the next column (in Table 1's order, wrapping) where it
+# is not: a cell at chance cannot show a breakage (a broken method sits at chance too). Of that row's
+# three seeds it takes the one whose recorded value is the row's median: a typical run of the method,
+# not an outlier. A cell takes about 1.5–3 min on one thread of a 2-core machine (the multi-stage and
+# two-network methods the longest). Rows are the report's labels (`reporting.tables.row_labels`).
 SUITE_METHODS = ("ce", "apl", "pce", "aul", "celc", "t-revision", "identifiability", "joint", "co-teaching", "sigua",
                  "co-dis", "echoalign")
 TABLE1_NOISES = ("symmetric:0.3", "symmetric:0.5", "pairflip:0.45", "instance:0.3", "instance:0.5")
@@ -80,14 +82,22 @@ def median_seed(row: dict) -> int:
 CHANCE_MARGIN = 25.0  # %: a recorded value below it is too close to chance (10%) for any breakage to show
 
 
+def suite_rows(results: list[dict]) -> list[str]:
+    """The report's row labels in the suite's method order (a method's several rows by label)."""
+    methods = {r["row"]: r["method"] for r in results}
+    return sorted(methods, key=lambda row: (SUITE_METHODS.index(methods[row]), row))
+
+
 def subset(report_path: Path) -> list[tuple[str, str, int]]:
-    rows = {(r["method"], r["noise"]): r for r in json.loads(report_path.read_text())["results"]}
+    """(row label, noise, seed) of each re-run cell."""
+    results = json.loads(report_path.read_text())["results"]
+    rows = {(r["row"], r["noise"]): r for r in results}
     cells = []
-    for i, m in enumerate(SUITE_METHODS):
+    for i, label in enumerate(suite_rows(results)):
         order = [TABLE1_NOISES[(i + k) % 5] for k in range(5)]
-        learning = [n for n in order if sum(rows[(m, n)]["values"]) / len(rows[(m, n)]["values"]) >= CHANCE_MARGIN]
+        learning = [n for n in order if sum(rows[(label, n)]["values"]) / len(rows[(label, n)]["values"]) >= CHANCE_MARGIN]
         noise = (learning or order)[0]
-        cells.append((m, noise, median_seed(rows[(m, noise)])))
+        cells.append((label, noise, median_seed(rows[(label, noise)])))
     return cells
 
 
@@ -96,11 +106,14 @@ SUBSET = subset(REPORT)
 
 @dataclass(frozen=True)
 class Recorded:
-    """A (method, noise) row of the committed report: each seed's accuracy in %."""
+    """A (row, noise) entry of the committed report: each seed's accuracy in %. `row` is the report's
+    label (the method, and the settings that tell its rows apart); `experiment` its configuration
+    without seed and noise, which identifies the committed cells."""
 
-    method: str
+    row: str
     noise: str
     values: dict[int, float]  # seed → accuracy, %
+    experiment: dict | None = None
 
     @property
     def spread(self) -> float:
@@ -109,7 +122,7 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Comparison:
-    method: str
+    row: str
     noise: str
     seed: int
     measured: float  # %
@@ -129,29 +142,29 @@ class Comparison:
 
     def line(self) -> str:
         verdict = ("ok, exact" if self.difference == 0 else "ok") if self.ok else "MOVED"
-        return (f"{self.method} {self.noise} seed {self.seed}: measured {self.measured:.2f}%, recorded "
+        return (f"{self.row} {self.noise} seed {self.seed}: measured {self.measured:.2f}%, recorded "
                 f"{self.recorded:.2f}%, difference {self.difference:+.2f} points, allowed ±{self.half_width:.2f} "
                 f"(band [{self.recorded - self.half_width:.2f}, {self.recorded + self.half_width:.2f}]; seed spread "
                 f"{self.spread:.2f}, floor {FLOOR_POINTS:.2f}) → {verdict}")
 
 
 def load_recorded(path: Path = REPORT) -> tuple[dict[tuple[str, str], Recorded], dict]:
-    """The committed report's rows keyed by (method, noise), and the report itself."""
+    """The committed report's entries keyed by (row label, noise), and the report itself."""
     report = json.loads(path.read_text())
     rows = {}
     for row in report["results"]:
         values = {int(s): float(v) for s, v in zip(row["seeds"], row["values"])}
-        rows[(row["method"], row["noise"])] = Recorded(row["method"], row["noise"], values)
+        rows[(row["row"], row["noise"])] = Recorded(row["row"], row["noise"], values, row["experiment"])
     return rows, report
 
 
 def compare(recorded: Recorded, seed: int, measured: float, floor: float = FLOOR_POINTS) -> Comparison:
     """The rule of this module: measured must lie within recorded[seed] ± max(seed spread, floor)."""
     if seed not in recorded.values:
-        raise KeyError(f"{recorded.method} {recorded.noise}: no recorded value for seed {seed} "
+        raise KeyError(f"{recorded.row} {recorded.noise}: no recorded value for seed {seed} "
                        f"(recorded seeds: {sorted(recorded.values)})")
     spread = recorded.spread
-    return Comparison(recorded.method, recorded.noise, seed, float(measured), recorded.values[seed],
+    return Comparison(recorded.row, recorded.noise, seed, float(measured), recorded.values[seed],
                       max(spread, floor), spread)
 
 
@@ -220,9 +233,10 @@ def test_subset_is_in_the_committed_report():
     """The re-run subset names cells the report recorded, each with one committed spec."""
     rows, report = load_recorded()
     assert report["suite"] == SUITE and report["metric"] == "best_val"
-    for method, noise, seed in SUBSET:
-        assert (method, noise) in rows and seed in rows[(method, noise)].values
-        assert committed_spec(method, noise, seed).method == method
+    for row, noise, seed in SUBSET:
+        assert (row, noise) in rows and seed in rows[(row, noise)].values
+        assert committed_spec(row, noise, seed).method == row.partition(" (")[0]
+    assert {row.partition(" (")[0] for row, _, _ in SUBSET} == set(SUITE_METHODS)
     assert recorded_threads(report) == 1
 
 
@@ -243,25 +257,28 @@ def recorded_thread_count():
     torch.set_num_threads(before)
 
 
-def committed_spec(method: str, noise: str, seed: int):
-    """The `RunSpec` of a committed cell, from its stored config.json: the re-run computes exactly what
-    was committed, whatever the registered suite says today (a suite edited ahead of its re-commit
-    leaves this test comparing like with like)."""
+def committed_spec(row: str, noise: str, seed: int):
+    """The `RunSpec` of a committed cell (the report row `row` at `noise` and `seed`), from its stored
+    config.json: the re-run computes exactly what was committed, whatever the registered suite says
+    today (a suite edited ahead of its re-commit leaves this test comparing like with like)."""
     from echobench.harness.suite import RunSpec
 
+    rows, _ = load_recorded()
+    experiment = rows[(row, noise)].experiment
     found = []
     for path in sorted((RESULTS / "cells").glob("*/config.json")):
         spec = json.loads(path.read_text())["spec"]
-        if (spec["method"], spec["noise"], spec["seed"]) == (method, noise, seed):
+        if (spec["noise"], spec["seed"]) == (noise, seed) and experiment == {
+                k: v for k, v in spec.items() if k not in ("seed", "noise", "dataset")}:
             found.append(RunSpec.from_dict(spec))
-    assert len(found) == 1, f"{method} {noise} seed {seed}: {len(found)} committed cells, expected one"
+    assert len(found) == 1, f"{row} {noise} seed {seed}: {len(found)} committed cells, expected one"
     return found[0]
 
 
-def rerun(method: str, noise: str, seed: int, out: Path, run_cell=None) -> tuple[Comparison, list[str]]:
+def rerun(row: str, noise: str, seed: int, out: Path, run_cell=None) -> tuple[Comparison, list[str]]:
     """Re-run one committed cell in this process (its RunSpec from its stored config.json) into the
     results directory `out` (filed through the store, as `echobench run` files it) and compare it with
-    the report: the same-seed comparison and the lines that describe it."""
+    the report row `row`: the same-seed comparison and the lines that describe it."""
     import torch
 
     from echobench.environment import environment
@@ -271,7 +288,7 @@ def rerun(method: str, noise: str, seed: int, out: Path, run_cell=None) -> tuple
     if run_cell is None:
         from echobench.harness.train_cell import run_cell
     rows, report = load_recorded()
-    spec = committed_spec(method, noise, seed)
+    spec = committed_spec(row, noise, seed)
     store = Store(out)
     store.claim(SUITE, [experiment_key(spec.kind, spec.to_dict())])
     store.check_layout([spec.run_id])
@@ -279,11 +296,11 @@ def rerun(method: str, noise: str, seed: int, out: Path, run_cell=None) -> tuple
     status, error = compute_in_store(store, SUITE, spec, environment("cpu"), lambda: run_cell(spec),
                                      force=True)
     seconds = time.perf_counter() - started
-    assert status == "computed", f"{method} {noise} seed {seed}: {status}: {error}"
+    assert status == "computed", f"{row} {noise} seed {seed}: {status}: {error}"
     result = store.load_cell(spec.run_id).result
     measured = round(100.0 * result["metrics"]["test_acc_best_val"], 4)  # in % and rounded as report.json is
-    assert math.isfinite(measured), f"{method} {noise} seed {seed}: accuracy {measured}"
-    comparison = compare(rows[(method, noise)], seed, measured)
+    assert math.isfinite(measured), f"{row} {noise} seed {seed}: accuracy {measured}"
+    comparison = compare(rows[(row, noise)], seed, measured)
     lines = [comparison.line(), f"cell {spec.run_id}, {seconds:.0f} s, torch threads {torch.get_num_threads()}",
              *environment_lines(report)]
     return comparison, lines
@@ -347,30 +364,34 @@ def test_rerun_fails_when_the_cell_moves(tmp_path):
 
 
 def test_compare_fails_when_a_narrow_row_drops(tmp_path):
-    """EchoAlign at 50% symmetric noise spreads over about two points: one re-run seed 8 points below its
-    recorded value fails `compare` (exit 1, the row named in its Markdown), and the band as well."""
+    """EchoAlign (the procedural generator: the dataset's default engine) at 50% symmetric noise spreads
+    over about two points: one re-run seed 8 points below its recorded value fails `compare` (exit 1,
+    the row named in its Markdown), and the band as well."""
     rows, _ = load_recorded()
-    row = rows[("echoalign", "symmetric:0.5")]
+    label = next(r for (r, noise), rec in rows.items() if noise == "symmetric:0.5"
+                 and rec.experiment["method"] == "echoalign" and not rec.experiment["method_params"].get("engine"))
+    row = rows[(label, "symmetric:0.5")]
     assert row.spread < 2.0, "the committed EchoAlign row is no longer narrow: pick another narrow row here"
     dropped = round(row.values[1] - 8.0, 1)
-    comparison, lines = rerun("echoalign", "symmetric:0.5", 1, tmp_path / "drop",
+    comparison, lines = rerun(label, "symmetric:0.5", 1, tmp_path / "drop",
                               run_cell=fake_run_cell(dropped / 100, []))
     assert not comparison.ok
     doc = compare_with_committed(tmp_path / "drop")
     with pytest.raises(AssertionError, match="found a regression against reports/shapes") as failure:
         assert_compare_passes(doc)
     mean = sum(row.values.values()) / len(row.values)
-    assert f"shapes symmetric:0.5 echoalign: {dropped - mean:+.2f} points" in str(failure.value)
+    message = str(failure.value)  # the row is named by its label (with its engine where several rows differ)
+    assert re.search(rf"shapes symmetric:0\.5 echoalign[^:\n]*: {re.escape(f'{dropped - mean:+.2f}')} points", message), message
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "noise", "seed"), SUBSET, ids=[f"{m}-{n}-seed{s}" for m, n, s in SUBSET])
-def test_recorded_cells_reproduce(method, noise, seed, recorded_thread_count, record_property, capsys, tmp_path):
+@pytest.mark.parametrize(("row", "noise", "seed"), SUBSET, ids=[f"{r}-{n}-seed{s}" for r, n, s in SUBSET])
+def test_recorded_cells_reproduce(row, noise, seed, recorded_thread_count, record_property, capsys, tmp_path):
     import torch
 
     assert torch.get_num_threads() == recorded_thread_count
     out = tmp_path / "rerun"
-    comparison, lines = rerun(method, noise, seed, out)
+    comparison, lines = rerun(row, noise, seed, out)
     doc = compare_with_committed(out)
     for key, value in (("measured", comparison.measured), ("recorded", comparison.recorded),
                        ("allowed_half_width", comparison.half_width)):
