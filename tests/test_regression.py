@@ -1,7 +1,7 @@
 """Accuracy regression: re-run a few cells of the committed `shapes` run and compare.
 
 The recorded values are those of `reports/shapes/report.json` (the `shapes` suite, the CPU analog of
-the paper's Table 1, run with `echobench run --suite shapes --threads 1`): for each (method, noise) the
+the paper's Table 1, run with `echobench run --suite shapes --threads 1`): for each (row, noise) the
 test accuracy at the best noisy-validation epoch of every seed, in %. `test_recorded_cells_reproduce`
 (marker `slow`, `tox -e regression`) re-runs a subset of those exact cells in this process, into a
 temporary results directory through the store (`compute_in_store`, as every executor files a cell):
@@ -18,7 +18,7 @@ Two checks, both must pass:
    Against three seeds this only catches moves that are large for the row's spread: for EchoAlign's
    narrow rows about 2.5 points, for CE at 50% symmetric noise (seeds 29.9–46.6) none that one seed
    can show. Hence the second, stricter check, which uses what `compare` cannot: the same seed.
-2. The same-seed band, per re-run cell (method, noise, seed):
+2. The same-seed band, per re-run cell (row, noise, seed), a row being the report's label:
 
     allowed band = recorded value of that seed ± max(seed spread, floor)
     seed spread  = max − min of the recorded values over the suite's three seeds
